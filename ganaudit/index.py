@@ -31,6 +31,66 @@ def _as_features(x: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+class FlatIndex:
+    """An exact FAISS index over a feature array, split into blocks that are built once.
+
+    Querying merges the blocks' results in a heap, so no block's search ever allocates more
+    than ``queries × block_size`` distances, and repeated searches (one batch of generated
+    samples at a time) do not copy the database again.
+    """
+
+    def __init__(self, database: np.ndarray, metric: str = "l2", block_size: int = DEFAULT_BLOCK_SIZE):
+        import faiss
+
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        database = _as_features(database, "database")
+        if database.shape[0] == 0:
+            raise ValueError("database is empty")
+        self.metric = metric
+        self.ntotal, self.dim = database.shape
+        self._blocks = []
+        for start in range(0, self.ntotal, block_size):
+            block = database[start : start + block_size]
+            index = faiss.IndexFlatIP(self.dim) if metric == "ip" else faiss.IndexFlatL2(self.dim)
+            index.add(block)
+            self._blocks.append((start, index))
+
+    def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return the k best database rows of each query, best first.
+
+        Args:
+            queries: ``(M, D)`` float array.
+            k: neighbours per query.
+            exclude: optional ``(M,)`` int array; row i never returns database row
+                ``exclude[i]`` (leave-one-out search when queries come from the database).
+
+        Returns:
+            ``(distances, indices)``, ``(M, k)`` float32 and int64. Euclidean distances for
+            ``"l2"``, inner products for ``"ip"``.
+        """
+        import faiss
+
+        queries = _as_features(queries, "queries")
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"dimension mismatch: database has D={self.dim}, queries D={queries.shape[1]}")
+        n_avail = self.ntotal - (1 if exclude is not None else 0)
+        if not 1 <= k <= n_avail:
+            raise ValueError(f"k must be in [1, {n_avail}], got {k}")
+        k_search = k + 1 if exclude is not None else k
+        heap = faiss.ResultHeap(queries.shape[0], k_search, keep_max=self.metric == "ip")
+        for start, index in self._blocks:
+            dist, idx = index.search(queries, min(k_search, index.ntotal))
+            heap.add_result(dist, idx + start)
+        heap.finalize()
+        dist, idx = heap.D, heap.I
+        if exclude is not None:
+            dist, idx = _drop_excluded(dist, idx, np.asarray(exclude), k)
+        if self.metric == "l2":
+            dist = np.sqrt(np.maximum(dist, 0.0, out=dist), out=dist)
+        return dist, idx
+
+
 def knn(
     database: np.ndarray,
     queries: np.ndarray,
@@ -54,53 +114,27 @@ def knn(
         ``(distances, indices)``: ``(M, k)`` float32 and ``(M, k)`` int64, best first.
         For ``"l2"`` distances are Euclidean; for ``"ip"`` they are inner products.
     """
-    import faiss
-
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     database = _as_features(database, "database")
     queries = _as_features(queries, "queries")
-    if database.shape[1] != queries.shape[1]:
-        raise ValueError(
-            f"dimension mismatch: database has D={database.shape[1]}, queries D={queries.shape[1]}"
-        )
-    if exclude_self and database.shape[0] != queries.shape[0]:
-        raise ValueError("exclude_self needs the queries to be the database itself")
-    n_avail = database.shape[0] - (1 if exclude_self else 0)
-    if not 1 <= k <= n_avail:
-        raise ValueError(f"k must be in [1, {n_avail}], got {k}")
-
-    k_search = k + 1 if exclude_self else k
-    keep_max = metric == "ip"
-    heap = faiss.ResultHeap(queries.shape[0], k_search, keep_max=keep_max)
-    dim = database.shape[1]
-    for start in range(0, database.shape[0], block_size):
-        block = database[start : start + block_size]
-        index = faiss.IndexFlatIP(dim) if keep_max else faiss.IndexFlatL2(dim)
-        index.add(block)
-        kb = min(k_search, block.shape[0])
-        dist, idx = index.search(queries, kb)
-        heap.add_result(dist, idx + start)
-    heap.finalize()
-    dist, idx = heap.D, heap.I
+    exclude = None
     if exclude_self:
-        dist, idx = _drop_self(dist, idx, k)
-    if metric == "l2":
-        dist = np.sqrt(np.maximum(dist, 0.0, out=dist), out=dist)
-    return dist, idx
+        if database.shape[0] != queries.shape[0]:
+            raise ValueError("exclude_self needs the queries to be the database itself")
+        exclude = np.arange(queries.shape[0])
+    return FlatIndex(database, metric, block_size).search(queries, k, exclude=exclude)
 
 
-def _drop_self(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each query's own row from its k+1 results (or the last one if absent).
+def _drop_excluded(
+    dist: np.ndarray, idx: np.ndarray, exclude: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each query's excluded row from its k+1 results (or the last one if absent).
 
     The self match is normally first, but exact duplicates in the data can tie with it and
     come in any order, so the column is found by index rather than assumed.
     """
-    rows = np.arange(idx.shape[0])[:, None]
-    is_self = idx == rows
+    is_self = idx == exclude[:, None]
     # A row without its own index (duplicates pushed it out) drops its last result.
     is_self[~is_self.any(axis=1), -1] = True
-    # Only the first self hit is dropped (defensive: an index appears once per row).
     first = np.argmax(is_self, axis=1)
     keep = np.ones_like(is_self)
     keep[np.arange(idx.shape[0]), first] = False

@@ -1,0 +1,4 @@
+from ganaudit.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,210 @@
+"""The whole audit: config → sample → embed → index → metrics → gate → AuditResult.
+
+This module only orchestrates; the mathematics lives in ``ganaudit.metrics`` and the I/O in
+``ganaudit.sources``. Generated images are never kept: each batch is embedded and searched
+as soon as it is sampled, and only its features and best matches stay.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+import ganaudit
+from ganaudit import gate as gating
+from ganaudit.config import OUTPUT_RANGES, AuditConfig
+from ganaudit.copysearch import CopySearcher, Matches
+from ganaudit.embedders import create_embedder
+from ganaudit.errors import GanauditError
+from ganaudit.index import FlatIndex
+from ganaudit.progress import progress_bar
+from ganaudit.result import AuditResult
+from ganaudit.sources.datasets import open_image_set
+from ganaudit.sources.generated import GeneratorSource, SampleSetSource
+from ganaudit.sources.generators import load_generator
+from ganaudit import summary_metrics
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must be present."""
+    cuda, mps = torch.cuda.is_available(), getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps_ok else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps_ok):
+        raise GanauditError(f"--device {name} was asked for but is not available here; use --device auto or cpu")
+    return torch.device(name)
+
+
+@contextmanager
+def _stage(timings: dict, name: str):
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 3)
+
+
+def open_generated(config: AuditConfig, device: torch.device):
+    """The generator (or sample set) under audit, as a source of image batches."""
+    if config.samples is not None:
+        return SampleSetSource(open_image_set(config.samples, "--samples"))
+    value_range = OUTPUT_RANGES[config.output_range] if config.output_range else None
+    generator = load_generator(
+        config.generator, device, z_dim=config.z_dim, arch=config.arch, arch_kwargs=config.arch_kwargs,
+        trust_checkpoint=config.trust_checkpoint, value_range=value_range,
+    )
+    return GeneratorSource(generator, config.num_samples, config.seed)
+
+
+@dataclass
+class AuditContext:
+    """What a report needs beyond the result: where to re-read or re-generate images."""
+
+    source: object
+    train: object
+    holdout: object | None
+
+
+def audit(config: AuditConfig) -> AuditResult:
+    """Run the whole audit as ``ganaudit check`` does and return its result.
+
+    Raises:
+        GanauditError: bad usage or bad input (the CLI's exit code 2).
+    """
+    return audit_with_context(config)[0]
+
+
+def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
+    """``audit``, also returning the image sources the HTML report draws its pictures from."""
+    config.validate()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    with _stage(timings, "load"):
+        train = open_image_set(config.train, "--train")
+        holdout = open_image_set(config.holdout, "--holdout") if config.holdout else None
+        source = open_generated(config, device)
+        embedder = create_embedder(config.embedder, device, config.weights)
+    if len(train) < 3:
+        raise GanauditError(f"--train {config.train}: needs at least 3 images, found {len(train)}")
+
+    with _stage(timings, "embed_train"):
+        train_feats = embed_all(train, embedder, config, "embedding train")
+    with _stage(timings, "index"):
+        index = FlatIndex(train_feats, embedder.spec.metric)
+    searcher = CopySearcher(index, embedder, config.tta, min(config.copy_k, len(train) - 2))
+    with _stage(timings, "sample_embed_search"):
+        gen_feats, gen_matches = search_all(source, searcher, config, "sampling + search")
+    with _stage(timings, "calibrate"):
+        holdout_feats, reference, calibration = calibrate(train, holdout, searcher, config)
+
+    with _stage(timings, "metrics"):
+        memorization = summary_metrics.memorization_summary(
+            gen_matches, reference, calibration, source, train, config,
+            train_feats, holdout_feats, gen_feats,
+        )
+        coverage = summary_metrics.coverage_summary(train, train_feats, gen_feats, gen_matches, config)
+    gates = gating.gates_from_config(config.gates) if config.gates else gating.DEFAULT_GATES
+    result = AuditResult(
+        verdict="pass", gates=[], memorization=memorization, coverage=coverage,
+        embedder=asdict(embedder.spec) | {"device": str(device)},
+        generator=_generator_info(source, config),
+        train=_set_info(train), holdout=_set_info(holdout) if holdout else None,
+        config=_config_info(config), timings=timings, versions=versions(),
+    )
+    result.gates = gating.evaluate(gates, result.get)
+    result.verdict = gating.verdict(result.gates, config.warn_only)
+    timings["total"] = round(time.perf_counter() - started, 3)
+    return result, AuditContext(source, train, holdout)
+
+
+def embed_all(images, embedder, config: AuditConfig, label: str) -> np.ndarray:
+    """Embed an image set, batch by batch: ``(N, D)`` float32."""
+    feats = np.empty((len(images), embedder.spec.dim), dtype=np.float32)
+    filled = np.zeros(len(images), dtype=bool)
+    with progress_bar(len(images), label, config.progress) as bar:
+        for indices, batch in images.batches(config.batch_size):
+            feats[indices] = embedder.embed(batch)
+            filled[indices] = True
+            bar.update(len(indices))
+    return feats[filled]
+
+
+def search_all(source, searcher: CopySearcher, config: AuditConfig, label: str, exclude_of=None):
+    """Embed and search every batch of ``source``: ``(features (N, D), Matches)``."""
+    feats, parts = [], []
+    with progress_bar(len(source), label, config.progress) as bar:
+        for indices, batch in source.batches(config.batch_size):
+            exclude = None if exclude_of is None else exclude_of[indices]
+            f, m = searcher(batch, exclude=exclude)
+            feats.append(f)
+            parts.append(m)
+            bar.update(len(indices))
+    return np.concatenate(feats), Matches.concatenate(parts)
+
+
+class _Subset:
+    """Some images of an ImageSet, in a given order, as a batch source."""
+
+    def __init__(self, images, indices: np.ndarray):
+        self.images, self.indices = images, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batches(self, batch_size: int):
+        position = {int(j): p for p, j in enumerate(self.indices)}
+        for chunk, batch in self.images.batches(batch_size, self.indices):
+            yield np.array([position[int(j)] for j in chunk]), batch
+
+
+def calibrate(train, holdout, searcher: CopySearcher, config: AuditConfig):
+    """Reference scores of images known not to be copies.
+
+    With a holdout set: holdout→train scores. Without: leave-one-out train→train scores on
+    a seeded subset of at most ``calibration_max`` training images.
+
+    Returns:
+        ``(holdout features or None, reference Matches, calibration info dict)``.
+    """
+    if holdout is not None:
+        feats, matches = search_all(holdout, searcher, config, "calibrating on holdout")
+        return feats, matches, {"method": "holdout", "n_reference": len(matches.score)}
+    rng = np.random.default_rng(config.seed)
+    n = min(len(train), config.calibration_max)
+    chosen = np.sort(rng.choice(len(train), size=n, replace=False))
+    _, matches = search_all(_Subset(train, chosen), searcher, config, "calibrating on train",
+                            exclude_of=chosen)
+    return None, matches, {"method": "train-leave-one-out", "n_reference": n}
+
+
+def _generator_info(source, config: AuditConfig) -> dict:
+    if isinstance(source, SampleSetSource):
+        return {"kind": "samples", "path": str(config.samples), "n_samples": len(source),
+                "fingerprint": source.images.fingerprint()}
+    return {"kind": "generator", **source.generator.info, "n_samples": len(source), "seed": config.seed}
+
+
+def _set_info(images) -> dict:
+    return {"path": str(images.location), "n_images": len(images), "size": list(images.size),
+            "n_classes": len(images.class_names), "class_names": images.class_names,
+            "fingerprint": images.fingerprint(), "n_corrupt": images.n_corrupt}
+
+
+def _config_info(config: AuditConfig) -> dict:
+    return {k: (str(v) if hasattr(v, "__fspath__") else v) for k, v in asdict(config).items()}
+
+
+def versions() -> dict:
+    import faiss
+    import sklearn
+
+    return {"ganaudit": ganaudit.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "faiss": faiss.__version__, "numpy": np.__version__, "sklearn": sklearn.__version__,
+            "platform": platform.platform()}

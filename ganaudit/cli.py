@@ -1,0 +1,148 @@
+"""The command line: argument parsing, config resolution, outputs and exit codes; no logic.
+
+Exit codes: 0 the audit passed, 1 a gate failed, 2 bad usage or bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ganaudit.errors import GanauditError
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit code 2, as for every bad input
+        self.exit(EXIT_ERROR, f"error: {message} (see `ganaudit {self.prog.split()[-1]} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ganaudit", description="Audit a trained image generator before release.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_check(sub.add_parser("check", help="audit a generator (or a folder of samples) against its training set"))
+    report = sub.add_parser("report", help="render the HTML report again from a JSON result")
+    report.add_argument("result", type=Path, help="a result.json written by `ganaudit check --json`")
+    report.add_argument("--html", type=Path, required=True, help="where to write the report")
+    report.add_argument("--template-dir", type=Path, help="a folder of templates overriding the shipped ones")
+    sub.add_parser("embedders", help="list the available embedders")
+    return parser
+
+
+def _add_check(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("what to audit")
+    src.add_argument("--generator", type=Path, help="checkpoint: .pt2 (torch.export), TorchScript, state_dict or .safetensors")
+    src.add_argument("--samples", type=Path, help="a folder or .npz of already generated images, instead of --generator")
+    src.add_argument("--train", type=Path, help="training images: a folder (class subfolders give modes) or .npz/.npy")
+    src.add_argument("--holdout", type=Path, help="held-out images from the training distribution (calibrates leak detection)")
+    gen = p.add_argument_group("generator")
+    gen.add_argument("--z-dim", type=int, help="latent size, when the checkpoint does not say")
+    gen.add_argument("--arch", help="module:Class of the generator, for state_dict checkpoints")
+    gen.add_argument("--arch-kwargs", help="JSON keyword arguments for --arch")
+    gen.add_argument("--trust-checkpoint", action="store_true", default=None,
+                     help="allow loading a full pickle (runs code from the file: only for checkpoints you trust)")
+    gen.add_argument("--output-range", help="generator output range: -1,1 or 0,1 or 0,255 (default: detected)")
+    run = p.add_argument_group("run")
+    run.add_argument("--embedder", help="feature network (see `ganaudit embedders`; default pixels)")
+    run.add_argument("--weights", type=Path, help="weights file for the embedder")
+    run.add_argument("--num-samples", type=int, help="samples to draw from the generator (default 5000)")
+    run.add_argument("--seed", type=int, help="seed of the latents and of every random choice (default 0)")
+    run.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    run.add_argument("--batch-size", type=int, help="images per batch (default 128)")
+    run.add_argument("--alpha", type=float, help="calibrated false-positive rate of leak flags (default 0.01)")
+    run.add_argument("--tta", help="test-time augmentations for copy search: comma list of flip,shift, or none")
+    run.add_argument("--modes", type=int, help="cluster the training set into this many modes instead of using its labels")
+    run.add_argument("--config", type=Path, help="a ganaudit.toml or pyproject.toml (default: found in the working directory)")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--html", type=Path, help="write the HTML report here")
+    out.add_argument("--json", type=Path, help="write the JSON result here")
+    out.add_argument("--junit", type=Path, help="write one JUnit test case per gate here")
+    out.add_argument("--warn-only", action="store_true", default=None, help="report failed gates but exit 0")
+    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bars (default: on when stderr is a terminal)")
+    out.add_argument("-v", "--verbose", action="store_true", help="log each stage's decisions")
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    names = ("generator", "samples", "train", "holdout", "z_dim", "arch", "arch_kwargs", "trust_checkpoint",
+             "output_range", "embedder", "weights", "num_samples", "seed", "device", "batch_size", "alpha",
+             "modes", "html", "json", "junit", "warn_only", "progress")
+    flags = {name: getattr(args, name) for name in names}
+    if args.tta is not None:
+        flags["tta"] = () if args.tta.strip() == "none" else tuple(a.strip() for a in args.tta.split(",") if a.strip())
+    return flags
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ganaudit.audit import audit_with_context
+    from ganaudit.config import find_config_file, read_config_file, resolve_config
+    from ganaudit.report import write_outputs
+    from ganaudit.report.summary import render_summary
+
+    if args.config is not None:
+        if not args.config.is_file():
+            raise GanauditError(f"--config {args.config}: no such file")
+        file_values, source = read_config_file(args.config), str(args.config)
+    else:
+        found = find_config_file(Path.cwd())
+        file_values, source = (found[1], str(found[0])) if found else ({}, "config")
+    config = resolve_config(file_values, _flags(args), source)
+    result, context = audit_with_context(config)
+    write_outputs(result, context, config)
+    print(render_summary(result, config))
+    return EXIT_PASS if result.verdict == "pass" else EXIT_FAIL
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from ganaudit.report.html import render_html
+    from ganaudit.result import AuditResult, write_atomic
+
+    try:
+        result = AuditResult.read_json(args.result)
+    except FileNotFoundError:
+        raise GanauditError(f"{args.result}: no such file") from None
+    except (json.JSONDecodeError, TypeError) as e:
+        raise GanauditError(f"{args.result}: not a ganaudit JSON result: {e}") from None
+    write_atomic(args.html, render_html(result, images=None, template_dir=args.template_dir))
+    print(f"report: {args.html}")
+    return EXIT_PASS
+
+
+def cmd_embedders(args: argparse.Namespace) -> int:
+    from ganaudit.embedders import REGISTRY
+
+    print(f"{'name':<16} {'dim':>6} {'input':>9} {'metric':>6}  weights")
+    for name, (spec, _) in sorted(REGISTRY.items()):
+        size = f"{spec.input_size[0]}x{spec.input_size[1]}"
+        print(f"{name:<16} {spec.dim:>6} {size:>9} {spec.metric:>6}  {spec.weights}")
+    return EXIT_PASS
+
+
+def _version() -> str:
+    from ganaudit import __version__
+
+    return f"ganaudit {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    commands = {"check": cmd_check, "report": cmd_report, "embedders": cmd_embedders}
+    try:
+        return commands[args.command](args)
+    except GanauditError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""One frozen configuration object, resolved once: defaults < config file < flags.
+
+The config file is ``[tool.ganaudit]`` in ``pyproject.toml`` or the top level of a
+``ganaudit.toml`` (found in the working directory, or given with ``--config``). Unknown keys
+are errors, never silently ignored: a misspelt threshold must not quietly fall back to its
+default in a CI gate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ganaudit.errors import GanauditError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+OUTPUT_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}
+AUGMENTATIONS = ("flip", "shift")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Everything one audit needs. Paths are ``pathlib.Path``; ``None`` means not given."""
+
+    train: Path | None = None
+    generator: Path | None = None
+    samples: Path | None = None
+    holdout: Path | None = None
+    embedder: str = "pixels"
+    weights: Path | None = None
+    num_samples: int = 5000
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 128
+    z_dim: int | None = None
+    output_range: str | None = None
+    trust_checkpoint: bool = False
+    arch: str | None = None
+    arch_kwargs: str | None = None
+    # memorisation
+    alpha: float = 0.01
+    fdr_q: float = 0.05
+    nearest_k: int = 5
+    copy_k: int = 50  # neighbours the nearest distance is compared with (Carlini et al. 2023)
+    tta: tuple[str, ...] = AUGMENTATIONS
+    calibration_max: int = 5000
+    # coverage
+    coverage_max_real: int = 10_000
+    modes: int | None = None
+    kid_subsets: int = 10  # KID subsets of up to 1000 (the field's protocol uses 100; slower on CPU)
+    mode_min_share_ratio: float = 0.25
+    # gate and outputs
+    gates: tuple[dict, ...] = ()
+    warn_only: bool = False
+    html: Path | None = None
+    json: Path | None = None
+    junit: Path | None = None
+    progress: bool | None = None  # None: only when stderr is a terminal
+
+    def validate(self) -> "AuditConfig":
+        """Check every value; raise GanauditError with a one-line message on the first bad one."""
+        if self.train is None:
+            raise GanauditError("--train is required: the folder or .npz of training images")
+        if (self.generator is None) == (self.samples is None):
+            raise GanauditError("give exactly one of --generator (a checkpoint) or --samples (a folder or .npz of generated images)")
+        for name in ("train", "generator", "samples", "holdout", "weights"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).exists():
+                raise GanauditError(f"--{name} {path}: no such file or directory")
+        _check(self.num_samples >= 10, f"--num-samples must be at least 10, got {self.num_samples}")
+        _check(self.batch_size >= 1, f"--batch-size must be positive, got {self.batch_size}")
+        _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(self.z_dim is None or self.z_dim >= 1, f"--z-dim must be positive, got {self.z_dim}")
+        _check(self.output_range is None or self.output_range in OUTPUT_RANGES,
+               f"--output-range must be one of {', '.join(OUTPUT_RANGES)}, got {self.output_range!r}")
+        _check(0.0 < self.alpha < 0.5, f"alpha must be in (0, 0.5), got {self.alpha}")
+        _check(0.0 < self.fdr_q < 1.0, f"fdr_q must be in (0, 1), got {self.fdr_q}")
+        _check(self.nearest_k >= 1, f"nearest_k must be positive, got {self.nearest_k}")
+        _check(self.copy_k >= 1, f"copy_k must be positive, got {self.copy_k}")
+        bad = [a for a in self.tta if a not in AUGMENTATIONS]
+        _check(not bad, f"unknown test-time augmentation {bad}; choose from {', '.join(AUGMENTATIONS)} or none")
+        _check(self.kid_subsets >= 1, f"kid_subsets must be positive, got {self.kid_subsets}")
+        _check(self.modes is None or self.modes >= 2, f"--modes must be at least 2, got {self.modes}")
+        _check(0.0 < self.mode_min_share_ratio <= 1.0,
+               f"mode_min_share_ratio must be in (0, 1], got {self.mode_min_share_ratio}")
+        return self
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise GanauditError(message)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
+_PATH_FIELDS = {"train", "generator", "samples", "holdout", "weights", "html", "json", "junit"}
+
+
+def find_config_file(start: Path) -> tuple[Path, dict] | None:
+    """Return ``(path, table)`` of the first ganaudit.toml or pyproject.toml [tool.ganaudit] in ``start``."""
+    candidate = start / "ganaudit.toml"
+    if candidate.is_file():
+        return candidate, _read_toml(candidate)
+    candidate = start / "pyproject.toml"
+    if candidate.is_file():
+        table = _read_toml(candidate).get("tool", {}).get("ganaudit")
+        if table is not None:
+            return candidate, table
+    return None
+
+
+def read_config_file(path: Path) -> dict:
+    """Read the ganaudit settings table from ``path`` (pyproject.toml or ganaudit.toml)."""
+    data = _read_toml(path)
+    if path.name == "pyproject.toml":
+        return data.get("tool", {}).get("ganaudit", {})
+    return data
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise GanauditError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise GanauditError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def resolve_config(file_values: dict[str, Any], flag_values: dict[str, Any], source: str = "config") -> AuditConfig:
+    """Merge defaults < file values < flags (flags given as ``None`` are not set) into a config."""
+    merged: dict[str, Any] = {}
+    for key, value in file_values.items():
+        name = key.replace("-", "_")
+        if name == "gates":
+            merged["gates"] = _gates_from_file(value, source)
+            continue
+        if name not in _FIELDS:
+            raise GanauditError(f"{source}: unknown setting {key!r}; known settings: {', '.join(sorted(_FIELDS))}")
+        merged[name] = value
+    merged.update({k: v for k, v in flag_values.items() if v is not None})
+    for name in _PATH_FIELDS & merged.keys():
+        if merged[name] is not None:
+            merged[name] = Path(merged[name])
+    if "tta" in merged:
+        merged["tta"] = tuple(merged["tta"])
+    return AuditConfig(**merged).validate()
+
+
+def _gates_from_file(value: Any, source: str) -> tuple[dict, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise GanauditError(f"{source}: 'gates' must be an array of tables ([[tool.ganaudit.gates]])")
+    return tuple(value)

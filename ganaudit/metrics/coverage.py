@@ -1,0 +1,328 @@
+"""Coverage of the real distribution by generated samples, and collapse among the samples.
+
+Precision, recall, density and coverage (Kynkäänniemi et al. 2019; Naeem et al. 2020) with
+the definitions, argument order and tie handling of ``prdc.compute_prdc`` (prdc 0.2), but
+without its dense N×M distance matrices:
+
+* the k-NN radii come from :func:`ganaudit.index.knn` (blockwise FAISS), then the distances
+  of a few candidates are recomputed exactly so the radii equal prdc's to the last bit;
+* the real×fake cross terms are computed one ``block_size × block_size`` tile at a time in
+  float64 and rounded to float32 exactly as scikit-learn does for prdc, so every ``<``
+  comparison agrees with the reference.
+
+The layers can be called separately: :func:`knn_radii` (reusable per set and per k) →
+:func:`prdc_from_radii` → :func:`prdc`.
+
+Collapse among generated samples is measured against the real data:
+:func:`collapse_threshold` is a low quantile of real leave-one-out nearest-neighbour
+distances, :func:`duplicate_fraction` the share of generated samples with another generated
+sample closer than that, and :func:`nn_distance_summary` compares typical nearest-neighbour
+distances of both sets.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ganaudit.index import knn
+
+PRECISION = "precision"
+RECALL = "recall"
+DENSITY = "density"
+COVERAGE = "coverage"
+REAL_MEDIAN_NN = "real_median_nn"
+FAKE_MEDIAN_NN = "fake_median_nn"
+MEDIAN_NN_RATIO = "median_nn_ratio"
+
+DEFAULT_BLOCK_SIZE = 2048
+# Extra neighbours fetched before the exact recomputation of the radii: FAISS distances are
+# float32 GEMM results, so near-ties at rank k may come back in the wrong order.
+_RADIUS_EXTRA_CANDIDATES = 2
+_RECOMPUTE_ELEMENTS = 2**25
+
+
+def _as_features(x: np.ndarray, name: str, min_rows: int = 1) -> np.ndarray:
+    """Check a feature array and return it as C-contiguous float32 ``(N, D)``."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (N, D) array, got shape {x.shape}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} rows, got {x.shape[0]}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} has no feature columns (shape {x.shape})")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def _check_same_dim(real: np.ndarray, fake: np.ndarray) -> None:
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(
+            f"dimension mismatch: real has D={real.shape[1]}, fake has D={fake.shape[1]}"
+        )
+
+
+def _check_k(nearest_k: int) -> None:
+    if isinstance(nearest_k, bool) or not isinstance(nearest_k, (int, np.integer)):
+        raise ValueError(f"nearest_k must be an integer, got {nearest_k!r}")
+    if nearest_k < 1:
+        raise ValueError(f"nearest_k must be >= 1, got {nearest_k}")
+
+
+def _exact_distances_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Euclidean distances, computed in float64 and rounded like scikit-learn.
+
+    scikit-learn (and hence prdc) rounds the float64 squared distance to float32 and takes
+    the square root in float32; doing the same makes equal inputs give equal bits.
+    """
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    sq = np.einsum("...d,...d->...", diff, diff)
+    return np.sqrt(sq.astype(np.float32))
+
+
+def knn_radii(x: np.ndarray, nearest_k: int = 5, block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
+    """Distance from each sample to its ``nearest_k``-th nearest other sample.
+
+    This is prdc's radius: the (k+1)-th smallest distance counting the point itself, i.e.
+    the k-th nearest *other* point (0 when the point has k exact duplicates).
+
+    Args:
+        x: ``(N, D)`` float32 features, ``N > nearest_k``.
+        nearest_k: k of the k-NN balls.
+        block_size: at most this many rows per block of the exact recomputation.
+
+    Returns:
+        ``(N,)`` float32 radii.
+    """
+    _check_k(nearest_k)
+    x = _as_features(x, "x", min_rows=nearest_k + 1)
+    n_cand = min(nearest_k + _RADIUS_EXTRA_CANDIDATES, x.shape[0] - 1)
+    _, idx = knn(x, x, k=n_cand, exclude_self=True)
+    radii = np.empty(x.shape[0], dtype=np.float32)
+    # Keep the gathered (rows, candidates, D) float64 block under ~256 MiB.
+    rows = max(1, min(block_size, _RECOMPUTE_ELEMENTS // (n_cand * x.shape[1])))
+    for start in range(0, x.shape[0], rows):
+        stop = start + rows
+        cand = _exact_distances_f32(x[start:stop, None, :], x[idx[start:stop]])
+        radii[start:stop] = np.sort(cand, axis=1)[:, nearest_k - 1]
+    return radii
+
+
+def _cross_distance_tiles(real: np.ndarray, fake: np.ndarray, block_size: int):
+    """Yield ``(real_slice, fake_slice, dist)`` tiles of the real×fake distance matrix.
+
+    ``dist`` is float32, rounded from a float64 ``|x|² + |y|² - 2 x·y`` exactly as
+    scikit-learn's ``euclidean_distances`` does for float32 input.
+    """
+    real_sq = np.einsum("ij,ij->i", real.astype(np.float64), real.astype(np.float64))
+    fake_sq = np.einsum("ij,ij->i", fake.astype(np.float64), fake.astype(np.float64))
+    for r0 in range(0, real.shape[0], block_size):
+        rs = slice(r0, r0 + block_size)
+        real_block = real[rs].astype(np.float64)
+        for f0 in range(0, fake.shape[0], block_size):
+            fs = slice(f0, f0 + block_size)
+            sq = real_block @ fake[fs].astype(np.float64).T
+            sq *= -2.0
+            sq += real_sq[rs, None]
+            sq += fake_sq[None, fs]
+            np.maximum(sq, 0.0, out=sq)
+            yield rs, fs, np.sqrt(sq.astype(np.float32))
+
+
+def _check_radii(real_radii, fake_radii, n_real: int, n_fake: int):
+    real_radii = np.asarray(real_radii, dtype=np.float32)
+    fake_radii = np.asarray(fake_radii, dtype=np.float32)
+    if real_radii.shape != (n_real,) or fake_radii.shape != (n_fake,):
+        raise ValueError(
+            f"radii must have shapes ({n_real},) and ({n_fake},), "
+            f"got {real_radii.shape} and {fake_radii.shape}"
+        )
+    return real_radii, fake_radii
+
+
+def prdc_from_radii(
+    real: np.ndarray,
+    fake: np.ndarray,
+    real_radii: np.ndarray,
+    fake_radii: np.ndarray,
+    nearest_k: int,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> dict[str, float]:
+    """Precision, recall, density and coverage from precomputed k-NN radii.
+
+    Args:
+        real: ``(N, D)`` float32 real features.
+        fake: ``(M, D)`` float32 generated features.
+        real_radii: ``(N,)`` float32, :func:`knn_radii` of ``real``.
+        fake_radii: ``(M,)`` float32, :func:`knn_radii` of ``fake``.
+        nearest_k: the k the radii were computed with (density divides by it).
+        block_size: tile side for the real×fake distances (memory ~ 12·block_size² bytes).
+
+    Returns:
+        dict with float ``precision``, ``recall``, ``density``, ``coverage``.
+    """
+    _check_k(nearest_k)
+    real, fake = _as_features(real, "real"), _as_features(fake, "fake")
+    _check_same_dim(real, fake)
+    real_radii, fake_radii = _check_radii(real_radii, fake_radii, real.shape[0], fake.shape[0])
+    covering_reals = np.zeros(fake.shape[0], dtype=np.int64)  # reals whose ball holds fake j
+    real_recalled = np.zeros(real.shape[0], dtype=bool)  # real i inside some fake ball
+    nearest_fake = np.full(real.shape[0], np.inf, dtype=np.float32)
+    for rs, fs, dist in _cross_distance_tiles(real, fake, block_size):
+        covering_reals[fs] += (dist < real_radii[rs, None]).sum(axis=0)
+        real_recalled[rs] |= (dist < fake_radii[None, fs]).any(axis=1)
+        np.minimum(nearest_fake[rs], dist.min(axis=1), out=nearest_fake[rs])
+    return {
+        PRECISION: float(np.mean(covering_reals > 0)),
+        RECALL: float(np.mean(real_recalled)),
+        DENSITY: float(covering_reals.sum(dtype=np.float64) / (nearest_k * fake.shape[0])),
+        COVERAGE: float(np.mean(nearest_fake < real_radii)),
+    }
+
+
+def prdc(
+    real: np.ndarray,
+    fake: np.ndarray,
+    nearest_k: int = 5,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> dict[str, float]:
+    """Precision, recall, density and coverage of generated samples against real ones.
+
+    Same definitions, argument order and results as ``prdc.compute_prdc(real, fake, k)``;
+    memory is bounded by the block size instead of ``N × M``.
+
+    Args:
+        real: ``(N, D)`` float32 real (training) features, ``N > nearest_k``.
+        fake: ``(M, D)`` float32 generated features, ``M > nearest_k``.
+        nearest_k: k of the k-NN balls.
+        block_size: tile side for the real×fake distances.
+
+    Returns:
+        dict with float ``precision``, ``recall``, ``density``, ``coverage``.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(200, 8)).astype(np.float32)
+        >>> prdc(x, x, nearest_k=5)["coverage"]
+        1.0
+    """
+    _check_k(nearest_k)
+    real = _as_features(real, "real", min_rows=nearest_k + 1)
+    fake = _as_features(fake, "fake", min_rows=nearest_k + 1)
+    _check_same_dim(real, fake)
+    real_radii = knn_radii(real, nearest_k, block_size)
+    fake_radii = knn_radii(fake, nearest_k, block_size)
+    return prdc_from_radii(real, fake, real_radii, fake_radii, nearest_k, block_size)
+
+
+def leave_one_out_nn_distances(x: np.ndarray) -> np.ndarray:
+    """Distance from each sample to its nearest *other* sample of the same set.
+
+    Args:
+        x: ``(N, D)`` float32 features, ``N >= 2``.
+
+    Returns:
+        ``(N,)`` float32 Euclidean distances.
+    """
+    x = _as_features(x, "x", min_rows=2)
+    dist, _ = knn(x, x, k=1, exclude_self=True)
+    return dist[:, 0]
+
+
+def _nn_distances(x, precomputed, name: str) -> np.ndarray:
+    """Use precomputed leave-one-out NN distances when given, else compute them."""
+    if precomputed is None:
+        if x is None:
+            raise ValueError(f"give either {name} features or {name}_nn_distances")
+        return leave_one_out_nn_distances(_as_features(x, name, min_rows=2))
+    d = np.asarray(precomputed, dtype=np.float32)
+    if d.ndim != 1 or d.shape[0] < 1:
+        raise ValueError(f"{name}_nn_distances must be a non-empty 1-D array, got {d.shape}")
+    if x is not None and np.shape(x)[0] != d.shape[0]:
+        raise ValueError(
+            f"{name}_nn_distances has {d.shape[0]} entries for {np.shape(x)[0]} {name} samples"
+        )
+    return d
+
+
+def collapse_threshold(
+    real: np.ndarray | None,
+    quantile: float = 0.01,
+    real_nn_distances: np.ndarray | None = None,
+) -> float:
+    """Distance below which two samples count as near-duplicates, calibrated on real data.
+
+    It is the ``quantile`` of the real leave-one-out nearest-neighbour distances, so about
+    ``quantile`` of real samples have a neighbour that close.
+
+    Args:
+        real: ``(N, D)`` float32 real features; may be None when ``real_nn_distances`` is
+            given.
+        quantile: in ``[0, 1]``.
+        real_nn_distances: optional ``(N,)`` precomputed
+            :func:`leave_one_out_nn_distances` of ``real``.
+
+    Returns:
+        The threshold, a Euclidean distance.
+    """
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+    d = _nn_distances(real, real_nn_distances, "real")
+    return float(np.quantile(d.astype(np.float64), quantile))
+
+
+def duplicate_fraction(
+    fake: np.ndarray | None,
+    threshold: float,
+    fake_nn_distances: np.ndarray | None = None,
+) -> float:
+    """Fraction of generated samples whose nearest other generated sample is closer than
+    ``threshold`` (strictly).
+
+    Args:
+        fake: ``(M, D)`` float32 generated features; may be None when
+            ``fake_nn_distances`` is given.
+        threshold: Euclidean distance, e.g. from :func:`collapse_threshold`.
+        fake_nn_distances: optional ``(M,)`` precomputed leave-one-out NN distances.
+
+    Returns:
+        A fraction in ``[0, 1]``.
+    """
+    if not np.isfinite(threshold) or threshold < 0:
+        raise ValueError(f"threshold must be a finite distance >= 0, got {threshold}")
+    d = _nn_distances(fake, fake_nn_distances, "fake")
+    return float(np.mean(d < threshold))
+
+
+def nn_distance_summary(
+    real: np.ndarray | None,
+    fake: np.ndarray | None,
+    real_nn_distances: np.ndarray | None = None,
+    fake_nn_distances: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Typical generated→generated nearest-neighbour distance against real→real.
+
+    A ratio well below 1 means generated samples crowd together (collapse); compare sets
+    of similar size, since NN distances shrink as a set grows.
+
+    Args:
+        real: ``(N, D)`` float32 real features, or None with ``real_nn_distances``.
+        fake: ``(M, D)`` float32 generated features, or None with ``fake_nn_distances``.
+        real_nn_distances: optional ``(N,)`` precomputed leave-one-out NN distances.
+        fake_nn_distances: optional ``(M,)`` precomputed leave-one-out NN distances.
+
+    Returns:
+        dict with float ``real_median_nn``, ``fake_median_nn`` and ``median_nn_ratio``
+        (fake / real; ``inf`` when only the real median is 0, ``nan`` when both are).
+    """
+    if real is not None and fake is not None:
+        _check_same_dim(_as_features(real, "real"), _as_features(fake, "fake"))
+    real_med = float(np.median(_nn_distances(real, real_nn_distances, "real")))
+    fake_med = float(np.median(_nn_distances(fake, fake_nn_distances, "fake")))
+    if real_med > 0:
+        ratio = fake_med / real_med
+    else:  # all real samples have an exact duplicate
+        ratio = float("inf") if fake_med > 0 else float("nan")
+    return {REAL_MEDIAN_NN: real_med, FAKE_MEDIAN_NN: fake_med, MEDIAN_NN_RATIO: ratio}

@@ -1,0 +1,276 @@
+"""Fréchet distance (FID on Inception features) and kernel distance (KID) over features.
+
+Layered like torch-fidelity: :func:`features_to_statistics` →
+:func:`statistics_to_frechet_distance` → :func:`frechet_distance`, so precomputed training
+statistics can be reused.
+
+The matrix square root term uses symmetric eigendecompositions instead of
+``scipy.linalg.sqrtm``: ``tr sqrt(Σ1 Σ2) = Σ_i sqrt(λ_i)`` with ``λ`` the eigenvalues of the
+symmetric PSD matrix ``sqrt(Σ1) Σ2 sqrt(Σ1)`` (similar to ``Σ1 Σ2``). It stays real and
+accurate for the rank-deficient covariances of small sample sets, where ``sqrtm`` needs an
+``eps`` on the diagonal.
+
+KID is the unbiased MMD² with the polynomial kernel ``k(x, y) = (γ x·y + coef0)^degree``
+averaged over random subsets, as in torch-fidelity and clean-fid.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ganaudit.metrics.coverage import _as_features, _check_same_dim
+
+_BLOCK_ROWS = 4096
+
+
+def features_to_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of features, accumulated in float64 over row blocks.
+
+    Args:
+        x: ``(N, D)`` float32 features, ``N >= 2``.
+
+    Returns:
+        ``(mu, sigma)``: ``(D,)`` and ``(D, D)`` float64; the covariance is unbiased
+        (divides by ``N - 1``), as ``numpy.cov`` in pytorch-fid.
+    """
+    x = _as_features(x, "x", min_rows=2)
+    n, dim = x.shape
+    mu = np.zeros(dim, dtype=np.float64)
+    for start in range(0, n, _BLOCK_ROWS):
+        mu += x[start : start + _BLOCK_ROWS].sum(axis=0, dtype=np.float64)
+    mu /= n
+    sigma = np.zeros((dim, dim), dtype=np.float64)
+    for start in range(0, n, _BLOCK_ROWS):
+        centred = x[start : start + _BLOCK_ROWS].astype(np.float64) - mu
+        sigma += centred.T @ centred
+    sigma /= n - 1
+    return mu, sigma
+
+
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a PSD matrix; tiny negative eigenvalues are clipped to 0."""
+    w, v = np.linalg.eigh(sigma)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def _check_statistics(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    mu = np.atleast_1d(np.asarray(mu, dtype=np.float64))
+    sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float64))
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(
+            f"{name}: mu must be (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}"
+        )
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{name}: statistics contain NaN or infinite values")
+    return mu, sigma
+
+
+def statistics_to_frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
+    """Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``.
+
+    ``|mu1 - mu2|² + tr(Σ1) + tr(Σ2) - 2 tr sqrt(Σ1 Σ2)``, the last term through the
+    eigenvalues of ``sqrt(Σ1) Σ2 sqrt(Σ1)``.
+
+    Args:
+        mu1: ``(D,)`` mean of the real features.
+        sigma1: ``(D, D)`` covariance of the real features (symmetric PSD).
+        mu2: ``(D,)`` mean of the generated features.
+        sigma2: ``(D, D)`` covariance of the generated features (symmetric PSD).
+
+    Returns:
+        The squared Fréchet distance (what FID reports), a float ``>= 0`` up to rounding.
+    """
+    mu1, sigma1 = _check_statistics(mu1, sigma1, "first")
+    mu2, sigma2 = _check_statistics(mu2, sigma2, "second")
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"dimension mismatch: D={mu1.shape[0]} and D={mu2.shape[0]}")
+    # Symmetrise: covariances from files or other tools can be asymmetric by rounding.
+    sigma1 = (sigma1 + sigma1.T) / 2
+    sigma2 = (sigma2 + sigma2.T) / 2
+    root1 = _psd_sqrt(sigma1)
+    middle = root1 @ sigma2 @ root1
+    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
+    # Eigenvalues below rounding level (the matrix_rank tolerance) are zeros of a
+    # rank-deficient product: their square roots would add noise of order sqrt(eps).
+    tol = eigenvalues.shape[0] * np.finfo(np.float64).eps * max(eigenvalues.max(), 0.0)
+    tr_covmean = np.sqrt(eigenvalues[eigenvalues > tol]).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to real and generated features (FID).
+
+    Args:
+        real: ``(N, D)`` float32 real features, ``N >= 2``.
+        fake: ``(M, D)`` float32 generated features, ``M >= 2``.
+
+    Returns:
+        The squared Fréchet distance, a float.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
+        >>> abs(frechet_distance(x, x)) < 1e-9
+        True
+    """
+    real = _as_features(real, "real", min_rows=2)
+    fake = _as_features(fake, "fake", min_rows=2)
+    _check_same_dim(real, fake)
+    if min(real.shape[0], fake.shape[0]) < real.shape[1]:
+        return _frechet_distance_low_rank(real, fake)
+    return statistics_to_frechet_distance(*features_to_statistics(real), *features_to_statistics(fake))
+
+
+def _frechet_distance_low_rank(real: np.ndarray, fake: np.ndarray) -> float:
+    """The same value through the samples when there are fewer samples than dimensions.
+
+    With centred data ``A`` (N, D) and ``B`` (M, D), ``Σ1 Σ2`` has the non-zero eigenvalues of
+    ``(A Bᵀ)(B Aᵀ) / ((N-1)(M-1))``, so ``tr sqrt(Σ1 Σ2)`` is the sum of the singular values of
+    the ``(N, M)`` matrix ``A Bᵀ`` over ``sqrt((N-1)(M-1))``: no ``(D, D)`` eigendecomposition
+    (cost ``N·M·D`` instead of ``D³``).
+    """
+    a = real.astype(np.float64)
+    b = fake.astype(np.float64)
+    mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
+    a -= mu1
+    b -= mu2
+    n, m = a.shape[0], b.shape[0]
+    singular = np.linalg.svd(a @ b.T, compute_uv=False)
+    tol = max(n, m) * np.finfo(np.float64).eps * max(singular.max(initial=0.0), 0.0)
+    tr_covmean = singular[singular > tol].sum() / np.sqrt((n - 1) * (m - 1))
+    diff = mu1 - mu2
+    tr1 = np.einsum("ij,ij->", a, a) / (n - 1)
+    tr2 = np.einsum("ij,ij->", b, b) / (m - 1)
+    return float(diff @ diff + tr1 + tr2 - 2.0 * tr_covmean)
+
+
+def _polynomial_kernel_sum(
+    a: np.ndarray, b: np.ndarray, degree: int, gamma: float, coef0: float
+) -> float:
+    """Sum of ``(gamma a·b + coef0)^degree`` over all row pairs, in row blocks (float64)."""
+    total = 0.0
+    for start in range(0, a.shape[0], _BLOCK_ROWS):
+        k = a[start : start + _BLOCK_ROWS] @ b.T
+        k *= gamma
+        k += coef0
+        total += float((k**degree).sum())
+    return total
+
+
+def _unbiased_mmd2(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> float:
+    """Unbiased MMD² of equal-size float64 samples ``x``, ``y``: off-diagonal within-set
+    kernel means minus twice the full cross-kernel mean (torch-fidelity's estimator)."""
+    m = x.shape[0]
+    diag_x = ((gamma * np.einsum("ij,ij->i", x, x) + coef0) ** degree).sum()
+    diag_y = ((gamma * np.einsum("ij,ij->i", y, y) + coef0) ** degree).sum()
+    k_xx = _polynomial_kernel_sum(x, x, degree, gamma, coef0) - diag_x
+    k_yy = _polynomial_kernel_sum(y, y, degree, gamma, coef0) - diag_y
+    k_xy = _polynomial_kernel_sum(x, y, degree, gamma, coef0)
+    return (k_xx + k_yy) / (m * (m - 1)) - 2.0 * k_xy / (m * m)
+
+
+def _check_kid_args(num_subsets: int, subset_size: int, degree: int) -> None:
+    if num_subsets < 1:
+        raise ValueError(f"num_subsets must be >= 1, got {num_subsets}")
+    if subset_size < 2:
+        raise ValueError(f"subset_size must be >= 2, got {subset_size}")
+    if degree < 1 or int(degree) != degree:
+        raise ValueError(f"degree must be a positive integer, got {degree}")
+
+
+def kernel_distance_subsets(
+    real: np.ndarray,
+    fake: np.ndarray,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Unbiased polynomial-kernel MMD² on each of ``num_subsets`` random subset pairs.
+
+    Each subset draws ``min(subset_size, N, M)`` rows of each set without replacement.
+
+    Args:
+        real: ``(N, D)`` float32 real features.
+        fake: ``(M, D)`` float32 generated features.
+        num_subsets: number of subset pairs, ``>= 1``.
+        subset_size: rows per subset, ``>= 2``.
+        degree: polynomial degree, ``>= 1``.
+        gamma: kernel scale; ``1 / D`` when None.
+        coef0: kernel offset.
+        seed: seed of the subset draws.
+
+    Returns:
+        ``(num_subsets,)`` float64 MMD² estimates.
+    """
+    real = _as_features(real, "real", min_rows=2)
+    fake = _as_features(fake, "fake", min_rows=2)
+    _check_same_dim(real, fake)
+    _check_kid_args(num_subsets, subset_size, degree)
+    gamma = 1.0 / real.shape[1] if gamma is None else float(gamma)
+    m = min(subset_size, real.shape[0], fake.shape[0])
+    rng = np.random.default_rng(seed)
+    values = np.empty(num_subsets, dtype=np.float64)
+    for i in range(num_subsets):
+        x = real[rng.choice(real.shape[0], m, replace=False)].astype(np.float64)
+        y = fake[rng.choice(fake.shape[0], m, replace=False)].astype(np.float64)
+        values[i] = _unbiased_mmd2(x, y, int(degree), gamma, coef0)
+    return values
+
+
+def kernel_distance_mean_std(
+    real: np.ndarray,
+    fake: np.ndarray,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Mean and standard deviation over subsets of :func:`kernel_distance_subsets`.
+
+    Args: as :func:`kernel_distance`.
+
+    Returns:
+        ``(mean, std)`` floats (population std over subsets, as torch-fidelity reports).
+    """
+    values = kernel_distance_subsets(
+        real, fake, num_subsets, subset_size, degree, gamma, coef0, seed
+    )
+    return float(values.mean()), float(values.std())
+
+
+def kernel_distance(
+    real: np.ndarray,
+    fake: np.ndarray,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    seed: int = 0,
+) -> float:
+    """Kernel distance (KID): the mean over subsets of the unbiased polynomial MMD².
+
+    Args:
+        real: ``(N, D)`` float32 real features.
+        fake: ``(M, D)`` float32 generated features.
+        num_subsets: number of random subset pairs.
+        subset_size: rows per subset (capped at ``min(N, M)``).
+        degree: polynomial degree.
+        gamma: kernel scale; ``1 / D`` when None.
+        coef0: kernel offset.
+        seed: seed of the subset draws.
+
+    Returns:
+        KID as a float (can be slightly negative: the estimator is unbiased).
+    """
+    return float(
+        kernel_distance_subsets(
+            real, fake, num_subsets, subset_size, degree, gamma, coef0, seed
+        ).mean()
+    )

@@ -1,0 +1,286 @@
+"""Memorisation metrics over feature arrays: copy scores, C_T, authenticity, MIA AUC.
+
+All neighbour search goes through ``ganaudit.index.knn`` (blockwise FAISS, Euclidean): no
+N×N matrix is ever built. Scores, thresholds, p-values and copy counts for flagging single
+samples are in ``ganaudit.metrics.copy_stats``.
+
+Argument order is always real before fake: ``(train, [holdout,] generated)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ganaudit.index import knn
+from ganaudit.metrics.copy_stats import relative_nn_score
+
+# Carlini et al. (2023) compare the nearest distance with the mean over the 50 nearest.
+DEFAULT_RELATIVE_K = 50
+# Meehan et al.'s code keeps cells holding more than 20 generated samples (tau = 20 / m).
+MIN_GENERATED_PER_CELL = 20
+KMEANS_ITERATIONS = 25
+
+
+def _as_features(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D (N, D) array, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{name} must be a float array, got {x.dtype}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _same_dim(**arrays: np.ndarray) -> None:
+    dims = {name: a.shape[1] for name, a in arrays.items()}
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"feature dimensions differ: {dims}")
+
+
+def _nearest_distance(database: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    dist, idx = knn(database, queries, k=1)
+    return dist[:, 0], idx[:, 0]
+
+
+def score_against_train(
+    train: np.ndarray, queries: np.ndarray, k: int = DEFAULT_RELATIVE_K, exclude_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Relative nearest-neighbour score of each query against the training set.
+
+    Args:
+        train: ``(N, D)`` float32 training features.
+        queries: ``(M, D)`` float32 features (generated, holdout, or ``train`` itself with
+            ``exclude_self`` for a leave-one-out reference).
+        k: number of further neighbours the nearest distance is compared with; needs
+            ``N >= k + 1`` (``k + 2`` with ``exclude_self``).
+        exclude_self: leave-one-out: query row i never matches training row i.
+
+    Returns:
+        ``(scores, nearest)``: ``(M,)`` float64 ``relative_nn_score`` (smaller = more like a
+        copy) and ``(M,)`` int64 index of each query's nearest training example.
+    """
+    train = _as_features(train, "train")
+    queries = _as_features(queries, "queries")
+    _same_dim(train=train, queries=queries)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    needed = k + 1 + (1 if exclude_self else 0)
+    if train.shape[0] < needed:
+        raise ValueError(f"k={k} needs at least {needed} training samples, got {train.shape[0]}")
+    dist, idx = knn(train, queries, k=k + 1, exclude_self=exclude_self)
+    return relative_nn_score(dist), idx[:, 0]
+
+
+def kmeans_centroids(train: np.ndarray, n_cells: int, seed: int = 0) -> np.ndarray:
+    """Partition feature space into cells by k-means on the training features (FAISS).
+
+    Args:
+        train: ``(N, D)`` float32 training features.
+        n_cells: number of cells, ``1 <= n_cells <= N``.
+        seed: seed of FAISS' initialisation and subsampling.
+
+    Returns:
+        ``(n_cells, D)`` float32 centroids; a point's cell is its nearest centroid.
+    """
+    import faiss
+
+    train = _as_features(train, "train")
+    if isinstance(n_cells, bool) or not isinstance(n_cells, (int, np.integer)):
+        raise ValueError(f"n_cells must be an integer, got {n_cells!r}")
+    if not 1 <= n_cells <= train.shape[0]:
+        raise ValueError(f"n_cells must be in [1, {train.shape[0]}], got {n_cells}")
+    kmeans = faiss.Kmeans(
+        train.shape[1], int(n_cells), niter=KMEANS_ITERATIONS, seed=int(seed), verbose=False
+    )
+    # FAISS writes a warning to stderr below 39 points per centroid; small cells are fine here.
+    kmeans.cp.min_points_per_centroid = 1
+    kmeans.train(train)
+    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+
+
+def assign_cells(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Cell of each row of ``x``: the index of its nearest centroid, ``(N,)`` int64."""
+    centroids = _as_features(centroids, "centroids")
+    x = _as_features(x, "x")
+    _same_dim(centroids=centroids, x=x)
+    return _nearest_distance(centroids, x)[1]
+
+
+def _mann_whitney_z(generated: np.ndarray, holdout: np.ndarray) -> float:
+    """Z-score of the Mann–Whitney U of ``generated`` against ``holdout`` (as Meehan et al.).
+
+    U counts pairs with the generated distance larger (ties count 1/2); under the null its
+    mean is m n / 2 and variance m n (m + n + 1) / 12 (no tie correction), with the 0.5
+    continuity correction of the authors' code toward the copying (lower) tail.
+    """
+    from scipy.stats import rankdata
+
+    m, n = generated.size, holdout.size
+    ranks = rankdata(np.concatenate([generated, holdout]))
+    u = ranks[:m].sum() - m * (m + 1) / 2.0
+    return float((u - m * n / 2.0 + 0.5) / np.sqrt(m * n * (m + n + 1) / 12.0))
+
+
+def ct_statistic_from_cells(
+    holdout_dist: np.ndarray,
+    holdout_cells: np.ndarray,
+    generated_dist: np.ndarray,
+    generated_cells: np.ndarray,
+    min_generated: int = MIN_GENERATED_PER_CELL,
+) -> float:
+    """C_T from nearest-training distances and cell labels (the part after the partition).
+
+    Args:
+        holdout_dist: ``(n,)`` distance of each held-out sample to its nearest training point.
+        holdout_cells: ``(n,)`` integer cell of each held-out sample.
+        generated_dist: ``(m,)`` the same for the generated samples.
+        generated_cells: ``(m,)`` integer cell of each generated sample.
+        min_generated: cells with at most this many generated samples are left out (the
+            paper's tau = ``min_generated / m``; 20 as in the authors' experiments).
+
+    Returns:
+        The held-out-share-weighted mean of the per-cell Z-scores over the kept cells.
+    """
+    hd, gd = np.asarray(holdout_dist, np.float64), np.asarray(generated_dist, np.float64)
+    hc, gc = np.asarray(holdout_cells), np.asarray(generated_cells)
+    if isinstance(min_generated, bool) or not isinstance(min_generated, (int, np.integer)):
+        raise ValueError(f"min_generated must be an integer, got {min_generated!r}")
+    if hd.ndim != 1 or hd.shape != hc.shape or gd.ndim != 1 or gd.shape != gc.shape:
+        raise ValueError("each distance array must be 1-D and match its cell labels in length")
+    cells, gen_counts = np.unique(gc, return_counts=True)
+    z_scores, weights = [], []
+    for cell in cells[gen_counts > min_generated]:
+        in_holdout = hc == cell
+        if in_holdout.any():  # a cell without held-out samples has weight 0
+            z_scores.append(_mann_whitney_z(gd[gc == cell], hd[in_holdout]))
+            weights.append(in_holdout.mean())
+    if not weights:
+        raise ValueError(
+            f"no cell holds more than {min_generated} generated samples and a held-out sample:"
+            " use fewer cells or more samples"
+        )
+    return float(np.dot(weights, z_scores) / np.sum(weights))
+
+
+def ct_statistic(
+    train: np.ndarray,
+    holdout: np.ndarray,
+    generated: np.ndarray,
+    n_cells: int,
+    seed: int = 0,
+    min_generated: int = MIN_GENERATED_PER_CELL,
+) -> float:
+    """C_T data-copying statistic (Meehan, Chaudhuri & Dasgupta, AISTATS 2020).
+
+    Cells come from k-means on the training features; in each cell the distances to the
+    nearest training point (over the whole training set) of held-out and of generated
+    samples are compared by a Mann–Whitney Z-score, and the Z-scores are averaged with
+    weights equal to each cell's share of the held-out samples.
+
+    Args:
+        train: ``(N, D)`` float32 training features.
+        holdout: ``(n, D)`` float32 held-out features from the same distribution.
+        generated: ``(m, D)`` float32 generated features.
+        n_cells: number of k-means cells.
+        seed: k-means seed.
+        min_generated: see ``ct_statistic_from_cells``.
+
+    Returns:
+        C_T: about 0 when the generator does not copy, strongly negative (below about -3)
+        when generated samples are closer to the training set than fresh data (copying),
+        positive when they are farther (underfitting).
+    """
+    train, holdout = _as_features(train, "train"), _as_features(holdout, "holdout")
+    generated = _as_features(generated, "generated")
+    _same_dim(train=train, holdout=holdout, generated=generated)
+    centroids = kmeans_centroids(train, n_cells, seed=seed)
+    holdout_dist = _nearest_distance(train, holdout)[0]
+    generated_dist = _nearest_distance(train, generated)[0]
+    return ct_statistic_from_cells(
+        holdout_dist,
+        assign_cells(centroids, holdout),
+        generated_dist,
+        assign_cells(centroids, generated),
+        min_generated=min_generated,
+    )
+
+
+def authentic_mask(
+    train: np.ndarray, generated: np.ndarray, train_nn_dist: np.ndarray | None = None
+) -> np.ndarray:
+    """Which generated samples are authentic (Alaa et al. 2022, "How faithful is your...").
+
+    A generated sample g with nearest training point r* is inauthentic when
+    ``d(g, r*) <= d(r*, nearest other training point)``: it sits inside r*'s own
+    nearest-neighbour ball. Ties count as inauthentic, so a copy of a training example that
+    is duplicated in the training set is inauthentic too.
+
+    Args:
+        train: ``(N, D)`` float32 training features, ``N >= 2``.
+        generated: ``(M, D)`` float32 generated features.
+        train_nn_dist: optional ``(N,)`` leave-one-out nearest distance of each training
+            point (``knn(train, train, 1, exclude_self=True)``), if already computed.
+
+    Returns:
+        ``(M,)`` bool array, True for authentic samples.
+    """
+    train, generated = _as_features(train, "train"), _as_features(generated, "generated")
+    _same_dim(train=train, generated=generated)
+    if train.shape[0] < 2:
+        raise ValueError("authenticity needs at least 2 training samples")
+    if train_nn_dist is None:
+        train_nn_dist = knn(train, train, k=1, exclude_self=True)[0][:, 0]
+    train_nn_dist = np.asarray(train_nn_dist, dtype=np.float32)
+    if train_nn_dist.shape != (train.shape[0],):
+        raise ValueError(f"train_nn_dist must have shape ({train.shape[0]},)")
+    dist, nearest = _nearest_distance(train, generated)
+    return dist > train_nn_dist[nearest]
+
+
+def authenticity(train: np.ndarray, generated: np.ndarray) -> float:
+    """Fraction of generated samples that are authentic, in [0, 1] (see ``authentic_mask``).
+
+    Args:
+        train: ``(N, D)`` float32 training features.
+        generated: ``(M, D)`` float32 generated features.
+
+    Returns:
+        1.0 when no generated sample falls inside a training point's nearest-neighbour ball,
+        0.0 when all are copies.
+    """
+    return float(authentic_mask(train, generated).mean())
+
+
+def mia_auc(
+    train: np.ndarray, holdout: np.ndarray, generated: np.ndarray, seed: int = 0
+) -> float:
+    """Membership-inference AUC, full black-box attack of GAN-Leaks (Chen et al. 2020).
+
+    Each training and held-out sample is scored by its distance to the nearest generated
+    sample (closer = more likely a member); the AUC measures how well that tells training
+    from held-out samples. The larger of the two sets is subsampled (seeded, without
+    replacement) to the size of the smaller so both classes weigh the same.
+
+    Args:
+        train: ``(N, D)`` float32 training features (members).
+        holdout: ``(n, D)`` float32 held-out features (non-members).
+        generated: ``(m, D)`` float32 generated features.
+        seed: seed of the subsampling.
+
+    Returns:
+        ROC AUC in [0, 1]: 0.5 = no leak, near 1 = the generator reveals its training set.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    train, holdout = _as_features(train, "train"), _as_features(holdout, "holdout")
+    generated = _as_features(generated, "generated")
+    _same_dim(train=train, holdout=holdout, generated=generated)
+    rng = np.random.default_rng(seed)
+    size = min(train.shape[0], holdout.shape[0])
+    members = train[np.sort(rng.choice(train.shape[0], size, replace=False))]
+    others = holdout[np.sort(rng.choice(holdout.shape[0], size, replace=False))]
+    member_dist = _nearest_distance(generated, members)[0]
+    other_dist = _nearest_distance(generated, others)[0]
+    labels = np.r_[np.ones(size), np.zeros(size)]
+    return float(roc_auc_score(labels, -np.r_[member_dist, other_dist]))
+

@@ -1,0 +1,1 @@
+"""Where images come from: generator checkpoints, sample folders, training and holdout sets."""

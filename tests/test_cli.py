@@ -1,0 +1,184 @@
+"""The CLI's contract: exit codes, one-line errors, outputs written only on success."""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+
+from conftest import FunctionGenerator, run_cli, save_torchscript
+
+FAST = ("--num-samples", "120", "--tta", "none")
+
+
+def _one_line_error(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_good_generator_passes_and_writes_outputs(tiny_sets, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        "check", "--generator", tiny_sets["fresh_gen"], "--train", tiny_sets["train"],
+        "--holdout", tiny_sets["holdout"], *FAST,
+        "--json", out / "r.json", "--html", out / "r.html", "--junit", out / "r.xml", capsys=capsys)
+    assert code == 0, stdout + err
+    assert "PASS" in stdout and "report: " in stdout
+    result = json.loads((out / "r.json").read_text())
+    assert result["verdict"] == "pass"
+    suite = ET.parse(out / "r.xml").getroot()
+    assert len(suite.findall("testcase")) == len(result["gates"])
+    assert "<html" in (out / "r.html").read_text()
+    # Not a terminal: no progress bars on stderr.
+    assert "it/s" not in err and "img/s" not in err
+
+
+def test_copying_generator_fails_the_leak_gate(tiny_sets, tmp_path, capsys):
+    code, stdout, _ = run_cli(
+        "check", "--generator", tiny_sets["copy_gen"], "--train", tiny_sets["train"],
+        "--holdout", tiny_sets["holdout"], *FAST, "--json", tmp_path / "r.json", capsys=capsys)
+    assert code == 1
+    result = json.loads((tmp_path / "r.json").read_text())
+    leaks = next(g for g in result["gates"] if g["name"] == "leaks")
+    assert leaks["status"] == "fail"
+    assert result["memorization"]["flagged_fraction"] > 0.9
+
+
+def test_warn_only_reports_but_exits_zero(tiny_sets, capsys):
+    code, stdout, _ = run_cli("check", "--generator", tiny_sets["copy_gen"], "--train", tiny_sets["train"],
+                              "--holdout", tiny_sets["holdout"], *FAST, "--warn-only", capsys=capsys)
+    assert code == 0
+    assert "FAIL" in stdout  # the failed gate is still reported
+
+
+def test_progress_bars_when_asked(tiny_sets, capsys):
+    code, _, err = run_cli("check", "--generator", tiny_sets["fresh_gen"], "--train", tiny_sets["train"],
+                           "--holdout", tiny_sets["holdout"], *FAST, "--progress", capsys=capsys)
+    assert code == 0
+    assert "embedding train" in err and "sampling + search" in err
+
+
+def _bad(capsys, *args) -> str:
+    code, _, err = run_cli(*args, capsys=capsys)
+    assert code == 2, err
+    return _one_line_error(err)
+
+
+def test_missing_train_path(tiny_sets, tmp_path, capsys):
+    msg = _bad(capsys, "check", "--generator", tiny_sets["fresh_gen"], "--train", tmp_path / "nope")
+    assert "no such file or directory" in msg and "nope" in msg
+
+
+def test_train_is_required(tiny_sets, capsys):
+    assert "--train is required" in _bad(capsys, "check", "--generator", tiny_sets["fresh_gen"])
+
+
+def test_generator_and_samples_are_exclusive(tiny_sets, capsys):
+    msg = _bad(capsys, "check", "--generator", tiny_sets["fresh_gen"], "--samples", tiny_sets["holdout"],
+               "--train", tiny_sets["train"])
+    assert "exactly one of --generator" in msg
+
+
+def test_empty_train_folder(tiny_sets, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    msg = _bad(capsys, "check", "--generator", tiny_sets["fresh_gen"], "--train", tmp_path / "empty")
+    assert "no images found" in msg
+
+
+def test_corrupt_image_names_the_file(tiny_sets, tmp_path, capsys):
+    import shutil
+
+    train = tmp_path / "train"
+    shutil.copytree(tiny_sets["train"], train)
+    (train / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    out = tmp_path / "r.json"
+    msg = _bad(capsys, "check", "--generator", tiny_sets["fresh_gen"], "--train", train, *FAST, "--json", out)
+    assert "broken.png" in msg and "--skip-corrupt" in msg
+    assert not out.exists()  # nothing half-written
+
+
+def test_untrusted_pickle_is_refused_and_its_payload_never_runs(tiny_sets, tmp_path, capsys):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pt"
+    torch.save(_Payload(str(marker)), path)
+    msg = _bad(capsys, "check", "--generator", path, "--train", tiny_sets["train"], *FAST)
+    assert "full pickle" in msg and "--trust-checkpoint" in msg
+    assert not marker.exists()
+
+
+class _Payload:
+    """Unpickling this object would create a file: proof that code ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_generator_output_with_nan(tiny_sets, tmp_path, capsys):
+    gen = save_torchscript(FunctionGenerator(4, "nan"), tmp_path / "nan.pt")
+    assert "NaN or Inf" in _bad(capsys, "check", "--generator", gen, "--train", tiny_sets["train"], *FAST)
+
+
+def test_generator_output_not_an_image_batch(tiny_sets, tmp_path, capsys):
+    gen = save_torchscript(FunctionGenerator(4, "flat"), tmp_path / "flat.pt")
+    assert "not an image batch" in _bad(capsys, "check", "--generator", gen, "--train", tiny_sets["train"], *FAST)
+
+
+def test_z_dim_mismatch(tiny_sets, capsys):
+    msg = _bad(capsys, "check", "--generator", tiny_sets["fresh_gen"], "--train", tiny_sets["train"],
+               "--z-dim", "5", *FAST)
+    assert "--z-dim 5 does not match" in msg
+
+
+def test_unknown_embedder(tiny_sets, capsys):
+    msg = _bad(capsys, "check", "--generator", tiny_sets["fresh_gen"], "--train", tiny_sets["train"],
+               "--embedder", "nonsense", *FAST)
+    assert "unknown embedder 'nonsense'" in msg and "pixels" in msg
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda(tiny_sets, capsys):
+    msg = _bad(capsys, "check", "--generator", tiny_sets["fresh_gen"], "--train", tiny_sets["train"],
+               "--device", "cuda", *FAST)
+    assert "--device cuda" in msg and "not available" in msg
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--tta", "rotate"), "unknown test-time augmentation"),
+    (("--num-samples", "3"), "--num-samples must be at least 10"),
+    (("--alpha", "0.7"), "alpha must be in"),
+    (("--output-range", "0,2"), "--output-range must be one of"),
+    (("--num-samples", "many"), "invalid int value"),
+])
+def test_bad_flag_values(tiny_sets, capsys, args, expected):
+    msg = _bad(capsys, "check", "--generator", tiny_sets["fresh_gen"], "--train", tiny_sets["train"], *args)
+    assert expected in msg
+
+
+def test_config_file_with_unknown_key_is_an_error(tiny_sets, tmp_path, capsys):
+    cfg = tmp_path / "ganaudit.toml"
+    cfg.write_text("num_sample = 100\n")
+    msg = _bad(capsys, "check", "--generator", tiny_sets["fresh_gen"], "--train", tiny_sets["train"], "--config", cfg)
+    assert "unknown setting 'num_sample'" in msg
+
+
+def test_config_file_sets_values_and_flags_override(tiny_sets, tmp_path, capsys):
+    cfg = tmp_path / "pyproject.toml"
+    cfg.write_text("[tool.ganaudit]\nnum_samples = 150\ntta = []\nseed = 3\n")
+    out = tmp_path / "r.json"
+    code, _, _ = run_cli("check", "--generator", tiny_sets["fresh_gen"], "--train", tiny_sets["train"],
+                         "--holdout", tiny_sets["holdout"], "--config", cfg, "--seed", "4", "--json", out,
+                         capsys=capsys)
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["memorization"]["n_samples"] == 150 and result["config"]["seed"] == 4
+
+
+def test_embedders_lists_the_registry(capsys):
+    code, stdout, _ = run_cli("embedders", capsys=capsys)
+    assert code == 0 and "pixels" in stdout and "3072" in stdout

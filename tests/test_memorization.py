@@ -1,0 +1,382 @@
+"""Memorisation metrics on planted ground truth, closed forms and independent references."""
+import numpy as np
+import pytest
+from scipy.stats import binomtest, kstest, mannwhitneyu
+from sklearn.cluster import KMeans
+from sklearn.neighbors import NearestNeighbors
+
+from ganaudit.metrics.copy_stats import (
+    benjamini_hochberg,
+    binomial_ci,
+    calibrate_threshold,
+    cosine_to_distance,
+    empirical_p_values,
+    leaked_train_examples,
+    relative_nn_score,
+)
+from ganaudit.metrics.memorization import (
+    assign_cells,
+    authentic_mask,
+    authenticity,
+    ct_statistic,
+    ct_statistic_from_cells,
+    kmeans_centroids,
+    mia_auc,
+    score_against_train,
+)
+
+
+def _mixture(rng, n, dim=8, n_modes=4):
+    """Samples from a fixed Gaussian mixture (the 'data distribution')."""
+    means = np.random.default_rng(1234).normal(scale=4.0, size=(n_modes, dim))
+    return (means[rng.integers(n_modes, size=n)] + rng.normal(size=(n, dim))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    train, holdout, fresh = _mixture(rng, 4000), _mixture(rng, 2000), _mixture(rng, 2000)
+    picked = rng.choice(len(train), 1000, replace=False)
+    copies = train[picked] + rng.normal(scale=0.01, size=(1000, 8)).astype(np.float32)
+    return {"train": train, "holdout": holdout, "fresh": fresh, "copies": copies, "picked": picked}
+
+
+# --- relative nearest-neighbour score -----------------------------------------------------
+
+
+def test_relative_score_closed_form():
+    dist = np.array([[0.0, 1.0, 3.0], [1.0, 2.0, 2.0], [0.0, 0.0, 0.0], [2.0, 2.0, 2.0]])
+    np.testing.assert_allclose(relative_nn_score(dist), [0.0, 0.5, 0.0, 1.0])
+    assert relative_nn_score(dist).dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    "bad", [np.ones((3, 1)), np.ones(3), np.array([[2.0, 1.0]]), np.array([[-1.0, 1.0]]),
+            np.array([[np.nan, 1.0]])],
+)
+def test_relative_score_rejects_bad_distances(bad):
+    with pytest.raises(ValueError):
+        relative_nn_score(bad)
+
+
+def test_cosine_to_distance_matches_euclidean():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 16))
+    y = rng.normal(size=(50, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    sim = np.sum(x * y, axis=1)
+    np.testing.assert_allclose(cosine_to_distance(sim), np.linalg.norm(x - y, axis=1), atol=1e-12)
+    assert cosine_to_distance(np.float32(1.0 + 1e-6)) == 0.0
+    assert cosine_to_distance(np.array([1, -1])).tolist() == [0.0, 2.0]
+
+
+def test_copies_score_far_below_holdout_and_are_flagged(data):
+    reference, _ = score_against_train(data["train"], data["holdout"], k=10)
+    scores, nearest = score_against_train(data["train"], data["copies"], k=10)
+    threshold = calibrate_threshold(reference, alpha=0.01)
+    assert np.median(scores) < 0.05 * np.median(reference)
+    assert (scores < threshold).all()
+    np.testing.assert_array_equal(nearest, data["picked"])
+
+
+def test_perfect_generator_is_flagged_at_rate_alpha(data):
+    alpha = 0.05
+    reference, _ = score_against_train(data["train"], data["holdout"], k=10)
+    scores, _ = score_against_train(data["train"], data["fresh"], k=10)
+    flagged = scores < calibrate_threshold(reference, alpha=alpha)
+    n_gen, n_ref = len(scores), len(reference)
+    # threshold noise and flag noise: two binomial variances; 4 standard deviations.
+    tolerance = 4 * np.sqrt(alpha * (1 - alpha) * (1 / n_gen + 1 / n_ref))
+    assert abs(flagged.mean() - alpha) < tolerance
+
+
+def test_leave_one_out_reference_without_holdout(data):
+    reference, nearest = score_against_train(data["train"], data["train"], k=10, exclude_self=True)
+    assert not (nearest == np.arange(len(data["train"]))).any()
+    scores, _ = score_against_train(data["train"], data["fresh"], k=10)
+    flagged = scores < calibrate_threshold(reference, alpha=0.05)
+    assert abs(flagged.mean() - 0.05) < 0.03
+
+
+def test_score_against_train_rejects_bad_input(data):
+    with pytest.raises(ValueError, match="at least 12 training samples"):
+        score_against_train(data["train"][:11], data["fresh"], k=10, exclude_self=True)
+    with pytest.raises(ValueError, match="dimensions differ"):
+        score_against_train(data["train"], data["fresh"][:, :4], k=10)
+    with pytest.raises(ValueError, match="positive integer"):
+        score_against_train(data["train"], data["fresh"], k=0)
+    with pytest.raises(ValueError, match="float array"):
+        score_against_train(data["train"].astype(int), data["fresh"], k=10)
+
+
+# --- calibration: threshold, p-values, BH, binomial CI -----------------------------------
+
+
+def test_threshold_is_the_conformal_quantile():
+    ref = np.arange(1.0, 21.0)  # 1..20: floor(0.1 * 21) = 2, the 2nd smallest
+    assert calibrate_threshold(ref, alpha=0.1) == 2.0
+    assert calibrate_threshold(np.arange(1999, -1, -1.0), alpha=0.05) == 99.0  # j = 100
+    with pytest.raises(ValueError, match="need at least 19"):
+        calibrate_threshold(ref[:18], alpha=0.05)
+    with pytest.raises(ValueError, match="alpha"):
+        calibrate_threshold(ref, alpha=1.5)
+    with pytest.raises(ValueError, match="non-empty"):
+        calibrate_threshold([], alpha=0.1)
+
+
+def test_threshold_agrees_with_p_values():
+    rng = np.random.default_rng(3)
+    ref, scores = rng.random(500), rng.random(3000)
+    for alpha in (0.01, 0.05, 0.2):
+        by_threshold = scores < calibrate_threshold(ref, alpha)
+        np.testing.assert_array_equal(by_threshold, empirical_p_values(scores, ref) <= alpha)
+
+
+def test_p_values_exact_on_hand_case():
+    p = empirical_p_values([0.5, 2.0, 4.0, 5.0], [4.0, 1.0, 3.0, 2.0])
+    np.testing.assert_allclose(p, [1 / 5, 3 / 5, 5 / 5, 5 / 5])
+
+
+def test_p_values_uniform_under_null():
+    rng = np.random.default_rng(4)
+    p = empirical_p_values(rng.normal(size=5000), rng.normal(size=5000))
+    assert kstest(p, "uniform").pvalue > 1e-3
+    assert abs((p <= 0.05).mean() - 0.05) < 0.012
+
+
+def test_benjamini_hochberg_hand_case_step_up():
+    # sorted: .005 .01 .03 .032 .04 .2 vs k q / m = .0083 .0167 .025 .0333 .0417 .05:
+    # .03 misses its bound, but .04 (k = 5) meets its own, so the five smallest are rejected.
+    p = np.array([0.01, 0.032, 0.03, 0.005, 0.2, 0.04])
+    np.testing.assert_array_equal(benjamini_hochberg(p, q=0.05), [1, 1, 1, 1, 0, 1])
+    assert not benjamini_hochberg(np.array([0.02, 0.5]), q=0.01).any()
+    assert benjamini_hochberg(np.array([]), q=0.05).shape == (0,)
+
+
+def _bh_adjusted(p):
+    """statsmodels' 'fdr_bh' adjusted p-values, written out: cumulative min from the top."""
+    m = len(p)
+    order = np.argsort(p)
+    scaled = p[order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
+@pytest.mark.parametrize("q", [0.05, 0.2])
+def test_benjamini_hochberg_matches_adjusted_p_values(q):
+    rng = np.random.default_rng(5)
+    p = np.concatenate([rng.random(300), rng.random(60) * 1e-3])
+    mask = benjamini_hochberg(p, q=q)
+    np.testing.assert_array_equal(mask, _bh_adjusted(p) <= q)
+    assert 0 < mask.sum() < len(p)
+
+
+def test_benjamini_hochberg_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        benjamini_hochberg(np.array([0.1, 1.2]))
+    with pytest.raises(ValueError, match="q must be"):
+        benjamini_hochberg(np.array([0.1]), q=0.0)
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (10, 10), (1, 2000), (100, 2000), (7, 7)])
+@pytest.mark.parametrize("confidence", [0.95, 0.99])
+def test_binomial_ci_is_clopper_pearson(k, n, confidence):
+    low, high = binomial_ci(k, n, confidence)
+    ref = binomtest(k, n).proportion_ci(confidence_level=confidence)
+    assert low <= k / n <= high
+    np.testing.assert_allclose([low, high], [ref.low, ref.high], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("k, n, confidence", [(-1, 5, 0.95), (6, 5, 0.95), (0, 0, 0.95),
+                                              (1, 5, 1.0), (1.5, 5, 0.95)])
+def test_binomial_ci_rejects_bad_input(k, n, confidence):
+    with pytest.raises(ValueError):
+        binomial_ci(k, n, confidence)
+
+
+# --- C_T (Meehan et al. 2020) -------------------------------------------------------------
+
+
+def _reference_ct(train, holdout, generated, train_labels, holdout_labels, generated_labels):
+    """Straight from the paper: explicit loop over cells, scipy's U, sklearn distances."""
+    nn = NearestNeighbors(n_neighbors=1).fit(train.astype(np.float64))
+    lp = nn.kneighbors(holdout.astype(np.float64))[0][:, 0]
+    lq = nn.kneighbors(generated.astype(np.float64))[0][:, 0]
+    n, m = len(holdout), len(generated)
+    total, weight_sum = 0.0, 0.0
+    for cell in np.unique(train_labels):
+        lp_cell, lq_cell = lp[holdout_labels == cell], lq[generated_labels == cell]
+        if len(lq_cell) / m <= 20 / m or len(lp_cell) == 0:  # tau = 20 / m
+            continue
+        u = mannwhitneyu(lq_cell, lp_cell, alternative="less").statistic
+        nc, mc = len(lp_cell), len(lq_cell)
+        z = (u - (nc * mc / 2 - 0.5)) / np.sqrt(nc * mc * (nc + mc + 1) / 12)
+        total += len(lp_cell) / n * z
+        weight_sum += len(lp_cell) / n
+    return total / weight_sum
+
+
+def _partly_copying(data, rng):
+    """Half fresh samples, half training points moved by noise a little below their spacing."""
+    moved = data["train"][:500] + rng.normal(scale=0.3, size=(500, 8)).astype(np.float32)
+    return np.concatenate([data["fresh"][:500], moved])
+
+
+def test_ct_from_cells_equals_reference_with_sklearn_cells(data):
+    rng = np.random.default_rng(6)
+    train, holdout, generated = data["train"], data["holdout"], _partly_copying(data, rng)
+    km = KMeans(n_clusters=6, n_init=3, random_state=0).fit(train)
+    labels = [km.labels_, km.predict(holdout), km.predict(generated)]
+    expected = _reference_ct(train, holdout, generated, *labels)
+    nn = NearestNeighbors(n_neighbors=1).fit(train)
+    dist_h, dist_g = nn.kneighbors(holdout)[0][:, 0], nn.kneighbors(generated)[0][:, 0]
+    got = ct_statistic_from_cells(dist_h, labels[1], dist_g, labels[2])
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert expected < -1.0  # the planted partial copying shows
+
+
+def test_ct_statistic_end_to_end_equals_reference(data):
+    rng = np.random.default_rng(7)
+    train, holdout, generated = data["train"], data["holdout"], _partly_copying(data, rng)
+    centroids = kmeans_centroids(train, 5, seed=3).astype(np.float64)
+
+    def nearest_centroid(x):
+        return np.argmin(((x[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+
+    labels = [nearest_centroid(x.astype(np.float64)) for x in (train, holdout, generated)]
+    np.testing.assert_array_equal(assign_cells(centroids.astype(np.float32), holdout), labels[1])
+    expected = _reference_ct(train, holdout, generated, *labels)
+    assert ct_statistic(train, holdout, generated, n_cells=5, seed=3) == pytest.approx(
+        expected, rel=1e-9, abs=1e-9
+    )
+
+
+def test_ct_near_zero_for_independent_samples(data):
+    ct = ct_statistic(data["train"], data["holdout"][:1000], data["fresh"][:1000], n_cells=5)
+    assert abs(ct) < 1.5
+
+
+def test_ct_strongly_negative_for_copies(data):
+    assert ct_statistic(data["train"], data["holdout"][:1000], data["copies"], n_cells=5) < -3
+
+
+def test_ct_positive_for_underfitting(data):
+    rng = np.random.default_rng(8)
+    blurry = data["fresh"][:1000] + rng.normal(scale=1.0, size=(1000, 8)).astype(np.float32)
+    assert ct_statistic(data["train"], data["holdout"][:1000], blurry, n_cells=5) > 3
+
+
+def test_ct_is_seeded(data):
+    args = (data["train"], data["holdout"][:1000], data["fresh"][:1000])
+    assert ct_statistic(*args, n_cells=5, seed=1) == ct_statistic(*args, n_cells=5, seed=1)
+
+
+def test_ct_rejects_bad_input(data):
+    with pytest.raises(ValueError, match="n_cells must be in"):
+        ct_statistic(data["train"][:10], data["holdout"], data["fresh"], n_cells=11)
+    with pytest.raises(ValueError, match="no cell holds more than 20"):
+        ct_statistic(data["train"], data["holdout"], data["fresh"][:20], n_cells=2)
+    with pytest.raises(ValueError, match="dimensions differ"):
+        ct_statistic(data["train"], data["holdout"][:, :3], data["fresh"], n_cells=2)
+    with pytest.raises(ValueError, match="match its cell labels"):
+        ct_statistic_from_cells(np.ones(3), np.zeros(2), np.ones(30), np.zeros(30))
+    with pytest.raises(ValueError, match="min_generated must be an integer"):
+        ct_statistic_from_cells(np.ones(3), np.zeros(3), np.ones(30), np.zeros(30), 2.5)
+
+
+# --- authenticity (Alaa et al. 2022) -------------------------------------------------------
+
+
+def test_authenticity_hand_case_1d():
+    # Leave-one-out nearest distances of the training points 0, 1, 3, 10: 1, 1, 2, 7.
+    train = np.array([[0.0], [1.0], [3.0], [10.0]], dtype=np.float32)
+    gen = np.array([[0.4], [2.5], [6.0], [12.0], [-2.0], [20.0], [5.0]], dtype=np.float32)
+    # 0.4 -> 0 (0.4 <= 1) no; 2.5 -> 3 (0.5 <= 2) no; 6 -> 3 (3 > 2) yes; 12 -> 10 (2 <= 7) no;
+    # -2 -> 0 (2 > 1) yes; 20 -> 10 (10 > 7) yes; 5 -> 3 (2 <= 2, a tie) no.
+    expected = [False, False, True, False, True, True, False]
+    np.testing.assert_array_equal(authentic_mask(train, gen), expected)
+    assert authenticity(train, gen) == pytest.approx(3 / 7)
+
+
+def test_authenticity_hand_case_2d_uses_the_matched_points_own_ball():
+    # Training point (0, 0) has a neighbour at distance 1, (10, 0) one at distance 5.
+    train = np.array([[0, 0], [1, 0], [10, 0], [15, 0]], dtype=np.float32)
+    # (10, 3): nearest (10, 0) at 3 < 5 -> inauthentic although 3 exceeds (0, 0)'s radius.
+    # (0, 3): nearest (0, 0) at 3 > 1 -> authentic.
+    gen = np.array([[10, 3], [0, 3]], dtype=np.float32)
+    np.testing.assert_array_equal(authentic_mask(train, gen), [False, True])
+
+
+def test_authenticity_extremes(data):
+    assert authenticity(data["train"], data["train"][:300].copy()) == 0.0
+    assert authenticity(data["train"], data["train"][:300] + 100.0) == 1.0
+    dup = np.concatenate([data["train"][:50], data["train"][:50]])
+    assert authenticity(dup, data["train"][:50].copy()) == 0.0  # copies of duplicated points
+
+
+def test_authenticity_accepts_precomputed_train_distances(data):
+    from ganaudit.index import knn
+
+    train, gen = data["train"], data["fresh"][:500]
+    loo = knn(train, train, 1, exclude_self=True)[0][:, 0]
+    np.testing.assert_array_equal(
+        authentic_mask(train, gen, train_nn_dist=loo), authentic_mask(train, gen)
+    )
+    with pytest.raises(ValueError, match="train_nn_dist must have shape"):
+        authentic_mask(train, gen, train_nn_dist=loo[:-1])
+    with pytest.raises(ValueError, match="at least 2"):
+        authenticity(train[:1], gen)
+
+
+# --- membership inference AUC (GAN-Leaks) ------------------------------------------------
+
+
+def test_mia_auc_chance_for_independent_generator(data):
+    auc = mia_auc(data["train"], data["holdout"], data["fresh"], seed=0)
+    assert abs(auc - 0.5) < 0.05
+
+
+def test_mia_auc_high_for_copies_of_train(data):
+    copies = data["train"][:1000].copy()
+    assert mia_auc(data["train"][:1000], data["holdout"][:1000], copies) > 0.95
+    # Copies of a tenth of a larger training set still leak, through the seeded subsample.
+    assert mia_auc(data["train"], data["holdout"], data["copies"], seed=1) > 0.55
+
+
+def test_mia_auc_argument_order_is_train_holdout_generated(data):
+    generated = data["train"][:1000] + 0.01
+    leaky = mia_auc(data["train"][:1000], data["holdout"][:1000], generated)
+    swapped = mia_auc(data["holdout"][:1000], data["train"][:1000], generated)
+    assert leaky > 0.95 and swapped < 0.05
+
+
+def test_mia_auc_is_seeded(data):
+    args = (data["train"], data["holdout"][:500], data["copies"])
+    assert mia_auc(*args, seed=2) == mia_auc(*args, seed=2)
+    with pytest.raises(ValueError, match="dimensions differ"):
+        mia_auc(data["train"], data["holdout"][:, :2], data["copies"])
+
+
+# --- leaked training examples ------------------------------------------------------------
+
+
+def test_leaked_train_examples_most_copied_first():
+    got = leaked_train_examples(np.array([3, 1, 3, 3, 1, 7, 0]), n_train=10)
+    assert got == [(3, 3), (1, 2), (0, 1), (7, 1)]
+    assert leaked_train_examples(np.array([], dtype=np.int64), n_train=10) == []
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        leaked_train_examples(np.array([10]), n_train=10)
+    with pytest.raises(ValueError, match="integer"):
+        leaked_train_examples(np.array([1.0]), n_train=10)
+
+
+def test_metrics_print_nothing(data, capfd):
+    # FAISS' k-means writes a warning to stderr when cells are small; the metric must not.
+    small = data["train"][:100]  # fewer than FAISS' 39 points per centroid
+    ct_statistic(small, data["holdout"][:200], data["copies"][:200], n_cells=4)
+    mia_auc(small, data["holdout"][:200], data["copies"][:200])
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
