@@ -21,7 +21,7 @@ from ganaudit.config import OUTPUT_RANGES, AuditConfig
 from ganaudit.copysearch import CopySearcher, Matches
 from ganaudit.embedders import create_embedder
 from ganaudit.errors import GanauditError
-from ganaudit.index import FlatIndex
+from ganaudit.index import build_index, recall_at_1
 from ganaudit.progress import progress_bar
 from ganaudit.result import AuditResult
 from ganaudit.sources.datasets import open_image_set
@@ -30,6 +30,8 @@ from ganaudit.sources.generators import load_generator
 from ganaudit import summary_metrics
 
 log = logging.getLogger(__name__)
+
+RECALL_QUERIES = 500  # generated samples on which an approximate index's recall@1 is measured
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,18 +99,21 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     with _stage(timings, "embed_train"):
         train_feats = embed_all(train, embedder, config, "embedding train")
     with _stage(timings, "index"):
-        index = FlatIndex(train_feats, embedder.spec.metric)
+        index = build_index(train_feats, embedder.spec.metric, config.index, config.approx_above, config.seed)
     searcher = CopySearcher(index, embedder, config.tta, min(config.copy_k, len(train) - 2))
     with _stage(timings, "sample_embed_search"):
         gen_feats, gen_matches = search_all(source, searcher, config, "sampling + search")
     with _stage(timings, "calibrate"):
         holdout_feats, reference, calibration = calibrate(train, holdout, searcher, config)
+    index_info = {"kind": index.kind, "recall_at_1": recall_at_1(index, train_feats, gen_feats[:RECALL_QUERIES]),
+                  "n_recall_queries": min(RECALL_QUERIES, len(gen_feats))}
 
     with _stage(timings, "metrics"):
         memorization = summary_metrics.memorization_summary(
             gen_matches, reference, calibration, source, train, config,
             train_feats, holdout_feats, gen_feats,
         )
+        memorization["index"] = index_info
         coverage = summary_metrics.coverage_summary(train, train_feats, gen_feats, gen_matches, config)
     gates = gating.gates_from_config(config.gates) if config.gates else gating.DEFAULT_GATES
     result = AuditResult(

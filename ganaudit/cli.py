@@ -54,6 +54,7 @@ def _add_check(p: argparse.ArgumentParser) -> None:
     run.add_argument("--batch-size", type=int, help="images per batch (default 128)")
     run.add_argument("--alpha", type=float, help="calibrated false-positive rate of leak flags (default 0.01)")
     run.add_argument("--tta", help="test-time augmentations for copy search: comma list of flip,shift, or none")
+    run.add_argument("--index", help="training-set search: flat (exact), ivf, hnsw, or auto (exact up to 1M images)")
     run.add_argument("--modes", type=int, help="cluster the training set into this many modes instead of using its labels")
     run.add_argument("--config", type=Path, help="a ganaudit.toml or pyproject.toml (default: found in the working directory)")
     out = p.add_argument_group("outputs")
@@ -69,7 +70,7 @@ def _add_check(p: argparse.ArgumentParser) -> None:
 def _flags(args: argparse.Namespace) -> dict:
     names = ("generator", "samples", "train", "holdout", "z_dim", "arch", "arch_kwargs", "trust_checkpoint",
              "output_range", "embedder", "weights", "num_samples", "seed", "device", "batch_size", "alpha",
-             "modes", "html", "json", "junit", "warn_only", "progress")
+             "modes", "index", "html", "json", "junit", "warn_only", "progress")
     flags = {name: getattr(args, name) for name in names}
     if args.tta is not None:
         flags["tta"] = () if args.tta.strip() == "none" else tuple(a.strip() for a in args.tta.split(",") if a.strip())

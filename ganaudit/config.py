@@ -46,6 +46,8 @@ class AuditConfig:
     copy_k: int = 50  # neighbours the nearest distance is compared with (Carlini et al. 2023)
     tta: tuple[str, ...] = AUGMENTATIONS
     calibration_max: int = 5000
+    index: str = "auto"  # flat (exact), ivf, hnsw, or auto: exact up to approx_above training images
+    approx_above: int = 1_000_000
     # coverage
     coverage_max_real: int = 10_000
     modes: int | None = None
@@ -78,6 +80,7 @@ class AuditConfig:
         _check(0.0 < self.alpha < 0.5, f"alpha must be in (0, 0.5), got {self.alpha}")
         _check(0.0 < self.fdr_q < 1.0, f"fdr_q must be in (0, 1), got {self.fdr_q}")
         _check(self.nearest_k >= 1, f"nearest_k must be positive, got {self.nearest_k}")
+        _check(self.index in ("auto", "flat", "ivf", "hnsw"), f"index must be auto, flat, ivf or hnsw, got {self.index!r}")
         _check(self.copy_k >= 1, f"copy_k must be positive, got {self.copy_k}")
         bad = [a for a in self.tta if a not in AUGMENTATIONS]
         _check(not bad, f"unknown test-time augmentation {bad}; choose from {', '.join(AUGMENTATIONS)} or none")

@@ -39,6 +39,8 @@ class FlatIndex:
     samples at a time) do not copy the database again.
     """
 
+    kind = "flat"
+
     def __init__(self, database: np.ndarray, metric: str = "l2", block_size: int = DEFAULT_BLOCK_SIZE):
         import faiss
 
@@ -139,3 +141,73 @@ def _drop_excluded(
     keep = np.ones_like(is_self)
     keep[np.arange(idx.shape[0]), first] = False
     return dist[keep].reshape(-1, k), idx[keep].reshape(-1, k)
+
+
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+HNSW_NEIGHBOURS, HNSW_EF_SEARCH = 32, 128
+IVF_NPROBE = 32
+
+
+class ApproxIndex:
+    """An approximate FAISS index (IVF-Flat or HNSW-Flat) with FlatIndex's search interface.
+
+    For training sets too large for exact search to be quick. Its recall is not assumed:
+    ``recall_at_1`` measures it against exact search on a sample of queries, and the audit
+    reports the figure.
+    """
+
+    def __init__(self, database: np.ndarray, metric: str = "l2", kind: str = "ivf", seed: int = 0):
+        import faiss
+
+        database = _as_features(database, "database")
+        self.metric, self.kind = metric, kind
+        self.ntotal, self.dim = database.shape
+        faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+        if kind == "hnsw":
+            self._index = faiss.IndexHNSWFlat(self.dim, HNSW_NEIGHBOURS, faiss_metric)
+            self._index.hnsw.efSearch = HNSW_EF_SEARCH
+        elif kind == "ivf":
+            nlist = int(max(1, min(4 * np.sqrt(self.ntotal), self.ntotal // 39)))
+            quantizer = faiss.IndexFlatIP(self.dim) if metric == "ip" else faiss.IndexFlatL2(self.dim)
+            self._index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss_metric)
+            self._index.cp.seed = seed
+            self._index.train(database)
+            self._index.nprobe = min(nlist, IVF_NPROBE)
+        else:
+            raise ValueError(f"approximate index kind must be ivf or hnsw, got {kind!r}")
+        self._index.add(database)
+
+    def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Same contract as ``FlatIndex.search`` (approximate neighbours; -1 ids become misses)."""
+        queries = _as_features(queries, "queries")
+        k_search = k + 1 if exclude is not None else k
+        dist, idx = self._index.search(queries, k_search)
+        missing = idx < 0  # fewer than k candidates probed: treat as infinitely far
+        dist[missing] = -np.inf if self.metric == "ip" else np.inf
+        idx[missing] = 0
+        if exclude is not None:
+            dist, idx = _drop_excluded(dist, idx, np.asarray(exclude), k)
+        if self.metric == "l2":
+            dist = np.sqrt(np.maximum(dist, 0.0, out=dist), out=dist)
+        return dist, idx
+
+
+def build_index(database: np.ndarray, metric: str = "l2", kind: str = "auto",
+                approx_above: int = 1_000_000, seed: int = 0):
+    """Exact (FlatIndex) by default; IVF past ``approx_above`` rows with ``kind="auto"``."""
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {kind!r}")
+    if kind == "auto":
+        kind = "ivf" if database.shape[0] > approx_above else "flat"
+    if kind == "flat":
+        return FlatIndex(database, metric)
+    return ApproxIndex(database, metric, kind, seed)
+
+
+def recall_at_1(index, database: np.ndarray, queries: np.ndarray) -> float:
+    """Fraction of queries whose first result from ``index`` is the exact nearest row."""
+    if isinstance(index, FlatIndex):
+        return 1.0
+    _, approx = index.search(queries, 1)
+    _, exact = FlatIndex(database, index.metric).search(queries, 1)
+    return float(np.mean(approx[:, 0] == exact[:, 0]))

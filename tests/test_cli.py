@@ -182,3 +182,12 @@ def test_config_file_sets_values_and_flags_override(tiny_sets, tmp_path, capsys)
 def test_embedders_lists_the_registry(capsys):
     code, stdout, _ = run_cli("embedders", capsys=capsys)
     assert code == 0 and "pixels" in stdout and "3072" in stdout
+
+
+def test_approximate_index_reports_its_measured_recall(tiny_sets, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code, _, err = run_cli("check", "--generator", tiny_sets["copy_gen"], "--train", tiny_sets["train"],
+                           "--holdout", tiny_sets["holdout"], *FAST, "--index", "hnsw", "--json", out, capsys=capsys)
+    assert code == 1, err
+    index = json.loads(out.read_text())["memorization"]["index"]
+    assert index["kind"] == "hnsw" and 0.9 <= index["recall_at_1"] <= 1.0 and index["n_recall_queries"] == 120

@@ -53,3 +53,39 @@ def test_rejects_bad_arguments():
         knn(x, np.zeros((2, 4), dtype=np.float32), k=1)
     with pytest.raises(ValueError, match="metric"):
         knn(x, x, k=1, metric="cosine")
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_approximate_indexes_reach_high_measured_recall(kind, metric):
+    from ganaudit.index import build_index, recall_at_1
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(50, 32)).astype(np.float32) * 4
+    database = (centres[rng.integers(0, 50, 8_000)] + rng.normal(size=(8_000, 32))).astype(np.float32)
+    queries = (centres[rng.integers(0, 50, 300)] + rng.normal(size=(300, 32))).astype(np.float32)
+    index = build_index(database, metric, kind=kind)
+    assert index.kind == kind
+    recall = recall_at_1(index, database, queries)
+    # Computed independently: the share of first results equal to brute force.
+    _, approx = index.search(queries, 1)
+    _, exact = _brute(database, queries, 1, metric)
+    assert recall == pytest.approx(np.mean(approx[:, 0] == exact[:, 0]))
+    assert recall >= 0.9
+
+
+def test_auto_index_is_exact_below_the_size_and_approximate_above():
+    from ganaudit.index import build_index
+
+    x = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+    assert build_index(x, kind="auto", approx_above=5000).kind == "flat"
+    assert build_index(x, kind="auto", approx_above=1000).kind == "ivf"
+
+
+def test_approximate_index_leave_one_out():
+    from ganaudit.index import build_index
+
+    x = np.random.default_rng(5).normal(size=(3000, 8)).astype(np.float32)
+    index = build_index(x, kind="hnsw")
+    _, idx = index.search(x[:100], 2, exclude=np.arange(100))
+    assert not (idx == np.arange(100)[:, None]).any()
