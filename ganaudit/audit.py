@@ -85,6 +85,7 @@ def audit(config: AuditConfig) -> AuditResult:
 def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     """``audit``, also returning the image sources the HTML report draws its pictures from."""
     config.validate()
+    baseline = read_baseline(config.baseline) if config.baseline is not None else None
     timings: dict[str, float] = {}
     started = time.perf_counter()
     device = resolve_device(config.device)
@@ -124,9 +125,34 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         config=_config_info(config), timings=timings, versions=versions(),
     )
     result.gates = gating.evaluate(gates, result.get)
+    if baseline is not None:
+        result.gates += compare_with_baseline(result, baseline, config)
     result.verdict = gating.verdict(result.gates, config.warn_only)
     timings["total"] = round(time.perf_counter() - started, 3)
     return result, AuditContext(source, train, holdout)
+
+
+def read_baseline(path) -> AuditResult:
+    """A previous audit's JSON result, checked to be one."""
+    import json
+
+    try:
+        return AuditResult.read_json(path)
+    except (OSError, ValueError, TypeError) as e:
+        raise GanauditError(f"--baseline {path}: not a readable ganaudit JSON result ({e})") from None
+
+
+def compare_with_baseline(result: AuditResult, baseline: AuditResult, config: AuditConfig) -> list[dict]:
+    """Gate rows for regressions against ``baseline``; the result records what it was compared with."""
+    if baseline.embedder.get("name") != result.embedder["name"]:
+        raise GanauditError(
+            f"--baseline was audited with embedder {baseline.embedder.get('name')!r}, this run with "
+            f"{result.embedder['name']!r}: figures from different feature spaces cannot be compared"
+        )
+    rules = gating.baseline_rules_from_config(config.baseline_rules) if config.baseline_rules else gating.DEFAULT_BASELINE_RULES
+    result.baseline = {"path": str(config.baseline), "verdict": baseline.verdict,
+                       "generator": baseline.generator.get("path"), "generator_sha256": baseline.generator.get("sha256")}
+    return gating.evaluate_baseline(rules, result.get, baseline.get)
 
 
 def embed_all(images, embedder, config: AuditConfig, label: str) -> np.ndarray:

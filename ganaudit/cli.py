@@ -61,6 +61,7 @@ def _add_check(p: argparse.ArgumentParser) -> None:
     out.add_argument("--html", type=Path, help="write the HTML report here")
     out.add_argument("--json", type=Path, help="write the JSON result here")
     out.add_argument("--junit", type=Path, help="write one JUnit test case per gate here")
+    out.add_argument("--baseline", type=Path, help="a previous result.json: fail on regressions against it")
     out.add_argument("--warn-only", action="store_true", default=None, help="report failed gates but exit 0")
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bars (default: on when stderr is a terminal)")
@@ -70,7 +71,7 @@ def _add_check(p: argparse.ArgumentParser) -> None:
 def _flags(args: argparse.Namespace) -> dict:
     names = ("generator", "samples", "train", "holdout", "z_dim", "arch", "arch_kwargs", "trust_checkpoint",
              "output_range", "embedder", "weights", "num_samples", "seed", "device", "batch_size", "alpha",
-             "modes", "index", "html", "json", "junit", "warn_only", "progress")
+             "modes", "index", "baseline", "html", "json", "junit", "warn_only", "progress")
     flags = {name: getattr(args, name) for name in names}
     if args.tta is not None:
         flags["tta"] = () if args.tta.strip() == "none" else tuple(a.strip() for a in args.tta.split(",") if a.strip())
@@ -107,7 +108,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         result = AuditResult.read_json(args.result)
     except FileNotFoundError:
         raise GanauditError(f"{args.result}: no such file") from None
-    except (json.JSONDecodeError, TypeError) as e:
+    except (ValueError, TypeError) as e:
         raise GanauditError(f"{args.result}: not a ganaudit JSON result: {e}") from None
     write_atomic(args.html, render_html(result, images=None, template_dir=args.template_dir))
     print(f"report: {args.html}")

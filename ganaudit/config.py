@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ganaudit.errors import GanauditError
+from ganaudit.gate import baseline_rules_from_config, gates_from_config
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OUTPUT_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}
@@ -55,6 +56,8 @@ class AuditConfig:
     mode_min_share_ratio: float = 0.25
     # gate and outputs
     gates: tuple[dict, ...] = ()
+    baseline: Path | None = None
+    baseline_rules: tuple[dict, ...] = ()
     warn_only: bool = False
     html: Path | None = None
     json: Path | None = None
@@ -67,7 +70,7 @@ class AuditConfig:
             raise GanauditError("--train is required: the folder or .npz of training images")
         if (self.generator is None) == (self.samples is None):
             raise GanauditError("give exactly one of --generator (a checkpoint) or --samples (a folder or .npz of generated images)")
-        for name in ("train", "generator", "samples", "holdout", "weights"):
+        for name in ("train", "generator", "samples", "holdout", "weights", "baseline"):
             path = getattr(self, name)
             if path is not None and not Path(path).exists():
                 raise GanauditError(f"--{name} {path}: no such file or directory")
@@ -88,6 +91,8 @@ class AuditConfig:
         _check(self.modes is None or self.modes >= 2, f"--modes must be at least 2, got {self.modes}")
         _check(0.0 < self.mode_min_share_ratio <= 1.0,
                f"mode_min_share_ratio must be in (0, 1], got {self.mode_min_share_ratio}")
+        gates_from_config(self.gates)
+        baseline_rules_from_config(self.baseline_rules)
         return self
 
 
@@ -97,7 +102,7 @@ def _check(ok: bool, message: str) -> None:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
-_PATH_FIELDS = {"train", "generator", "samples", "holdout", "weights", "html", "json", "junit"}
+_PATH_FIELDS = {"train", "generator", "samples", "holdout", "weights", "html", "json", "junit", "baseline"}
 
 
 def find_config_file(start: Path) -> tuple[Path, dict] | None:
@@ -136,8 +141,8 @@ def resolve_config(file_values: dict[str, Any], flag_values: dict[str, Any], sou
     merged: dict[str, Any] = {}
     for key, value in file_values.items():
         name = key.replace("-", "_")
-        if name == "gates":
-            merged["gates"] = _gates_from_file(value, source)
+        if name in ("gates", "baseline_rules"):
+            merged[name] = _tables_from_file(value, name, source)
             continue
         if name not in _FIELDS:
             raise GanauditError(f"{source}: unknown setting {key!r}; known settings: {', '.join(sorted(_FIELDS))}")
@@ -151,7 +156,7 @@ def resolve_config(file_values: dict[str, Any], flag_values: dict[str, Any], sou
     return AuditConfig(**merged).validate()
 
 
-def _gates_from_file(value: Any, source: str) -> tuple[dict, ...]:
+def _tables_from_file(value: Any, name: str, source: str) -> tuple[dict, ...]:
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise GanauditError(f"{source}: 'gates' must be an array of tables ([[tool.ganaudit.gates]])")
+        raise GanauditError(f"{source}: '{name}' must be an array of tables ([[tool.ganaudit.{name}]])")
     return tuple(value)

@@ -100,3 +100,69 @@ def verdict(evaluated: list[dict], warn_only: bool = False) -> str:
     """``"fail"`` when a fail-severity gate failed (and not ``warn_only``), else ``"pass"``."""
     failed = any(row["status"] == "fail" for row in evaluated)
     return "fail" if failed and not warn_only else "pass"
+
+
+@dataclass(frozen=True)
+class BaselineRule:
+    """A metric may not regress from the baseline by more than ``margin``.
+
+    The bad direction comes from ``METRICS`` (e.g. coverage may not drop, the flagged
+    fraction may not rise). ``relative`` makes ``margin`` a fraction of the baseline value.
+    """
+
+    metric: str
+    margin: float
+    relative: bool = False
+    severity: str = "fail"
+
+
+DEFAULT_BASELINE_RULES = (
+    BaselineRule("memorization.flagged_fraction", 0.02),
+    BaselineRule("coverage.coverage", 0.05),
+    BaselineRule("coverage.recall", 0.05),
+    BaselineRule("coverage.precision", 0.05),
+    BaselineRule("coverage.modes.covered_fraction", 0.0),
+)
+
+
+def baseline_rules_from_config(entries) -> tuple[BaselineRule, ...]:
+    """Build baseline rules from config tables; unknown keys or metrics are errors."""
+    rules = []
+    for i, entry in enumerate(entries):
+        unknown = set(entry) - set(BaselineRule.__dataclass_fields__)
+        if unknown:
+            raise GanauditError(f"baseline rule {i + 1}: unknown key(s) {', '.join(sorted(unknown))}; a rule has metric, margin, relative, severity")
+        if "metric" not in entry or "margin" not in entry:
+            raise GanauditError(f"baseline rule {i + 1}: needs metric and margin")
+        if entry["metric"] not in METRICS:
+            raise GanauditError(f"baseline rule {i + 1}: unknown metric {entry['metric']!r}; known: {', '.join(METRICS)}")
+        if entry.get("severity", "fail") not in SEVERITIES:
+            raise GanauditError(f"baseline rule {i + 1}: severity must be fail or warn")
+        if not isinstance(entry["margin"], (int, float)) or entry["margin"] < 0:
+            raise GanauditError(f"baseline rule {i + 1}: margin must be a number >= 0, got {entry['margin']!r}")
+        rules.append(BaselineRule(**entry))
+    return tuple(rules)
+
+
+def evaluate_baseline(rules: tuple[BaselineRule, ...], lookup, baseline_lookup) -> list[dict]:
+    """One gate row per rule: the current value against the baseline value moved by the margin."""
+    rows = []
+    for rule in rules:
+        value, base = lookup(rule.metric), baseline_lookup(rule.metric)
+        higher_is_better = METRICS[rule.metric]
+        op = ">=" if higher_is_better else "<="
+        row = {"name": f"baseline:{rule.metric}", "metric": rule.metric, "op": op, "severity": rule.severity,
+               "baseline": base, "value": value,
+               "reason": f"may not {'drop' if higher_is_better else 'rise'} by more than {rule.margin:g}"
+                         f"{' of the baseline value' if rule.relative else ''} from the baseline"}
+        if value is None or base is None:
+            row.update(threshold=None, passed=None, status="skipped",
+                       message=f"{rule.metric} is missing from this run or from the baseline")
+        else:
+            allowed = rule.margin * abs(base) if rule.relative else rule.margin
+            threshold = base - allowed if higher_is_better else base + allowed
+            passed = bool(OPS[op](value, threshold))
+            row.update(threshold=threshold, passed=passed, status="pass" if passed else rule.severity,
+                       message=f"{rule.metric} = {value:.4g} against baseline {base:.4g} (needs {op} {threshold:.4g})")
+        rows.append(row)
+    return rows

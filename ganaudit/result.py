@@ -29,6 +29,7 @@ class AuditResult:
     generator: dict
     train: dict
     holdout: dict | None = None
+    baseline: dict | None = None
     config: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
@@ -45,7 +46,13 @@ class AuditResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "AuditResult":
-        known = {f for f in cls.__dataclass_fields__}
+        """Rebuild a result from its JSON form; ValueError when ``data`` is not one."""
+        required = ("verdict", "gates", "memorization", "coverage", "embedder", "generator", "train")
+        if not isinstance(data, dict) or any(k not in data for k in required):
+            raise ValueError("expected a JSON object with " + ", ".join(required))
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {data.get('schema_version')!r}; this ganaudit reads {SCHEMA_VERSION}")
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod

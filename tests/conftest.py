@@ -1,7 +1,10 @@
 """Shared test helpers: tiny image sets and generators written to real files."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import jsonschema
 
 import numpy as np
 import pytest
@@ -103,12 +106,21 @@ def save_torchscript(module: torch.nn.Module, path: Path) -> Path:
     return path
 
 
+SCHEMA = json.loads((REPO / "ganaudit" / "schema" / "result.schema.json").read_text())
+
+
 def run_cli(*args: str, capsys=None) -> tuple[int, str, str]:
-    """Run `ganaudit ...` in-process; returns (exit code, stdout, stderr)."""
+    """Run `ganaudit ...` in-process; returns (exit code, stdout, stderr).
+
+    Every JSON result a run writes is validated against the shipped JSON Schema.
+    """
+    args = [str(a) for a in args]
     try:
-        code = main([str(a) for a in args])
+        code = main(args)
     except SystemExit as e:  # argparse's own exits
         code = e.code
+    if "--json" in args and code in (0, 1):
+        jsonschema.validate(json.loads(Path(args[args.index("--json") + 1]).read_text()), SCHEMA)
     if capsys is None:
         return code, "", ""
     out = capsys.readouterr()

@@ -15,6 +15,7 @@ def test_wheel_contains_templates_and_renders_from_them(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "ganaudit/templates/report.html.j2" in names
     assert "ganaudit/templates/partials/leaks.html.j2" in names
+    assert "ganaudit/schema/result.schema.json" in names
     assert not any(n.startswith(("tests/", "fixtures/")) for n in names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
