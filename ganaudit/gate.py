@@ -30,6 +30,8 @@ METRICS = {
     "coverage.duplicate_fraction": False,
     "coverage.modes.covered_fraction": True,
     "coverage.modes.kl_divergence": False,
+    "coverage.vendi": True,
+    "coverage.support_size.estimate": True,
 }
 
 

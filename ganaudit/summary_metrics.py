@@ -13,7 +13,7 @@ import numpy as np
 from ganaudit.config import AuditConfig
 from ganaudit.copysearch import Matches
 from ganaudit.errors import GanauditError
-from ganaudit.metrics import copy_stats, coverage as cov, fid, memorization as mem, modes
+from ganaudit.metrics import copy_stats, coverage as cov, diversity, fid, memorization as mem, modes
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,27 @@ def coverage_summary(train, train_feats: np.ndarray, gen_feats: np.ndarray, gen:
         duplicate_fraction=cov.duplicate_fraction(None, dup_threshold, fake_nn_distances=fake_nn),
         duplicate_threshold=dup_threshold,
         nn_distances=cov.nn_distance_summary(None, None, real_nn_distances=real_nn, fake_nn_distances=fake_nn),
-        modes=_modes(train, train_feats, gen_feats, config),
         sample_grid=[{"sample_index": i, "train_index": int(gen.train_index[i])}
                      for i in range(min(SAMPLE_GRID, len(gen_feats)))],
     )
+    out["modes"], gen_labels = _modes(train, train_feats, gen_feats, config)
+    out.update(_diversity(real, gen_feats, gen_labels, out["modes"], dup_threshold, config))
     return out
+
+
+def _diversity(real, gen_feats, gen_labels, modes_summary: dict, dup_threshold: float, config: AuditConfig) -> dict:
+    """Vendi scores and birthday-paradox support size, each beside the training set's own figure."""
+    rng = np.random.default_rng(config.seed + 1)
+    real_same_size = real[rng.choice(len(real), min(len(real), len(gen_feats)), replace=False)]
+    names = [row["name"] for row in modes_summary["per_mode"]]
+    per_mode = diversity.vendi_per_mode(gen_feats, gen_labels) if len(gen_feats) > 1 else {}
+    return {
+        "vendi": diversity.vendi_score(gen_feats),
+        "vendi_train": diversity.vendi_score(real_same_size),
+        "vendi_per_mode": {names[int(k)]: v for k, v in per_mode.items()},
+        "support_size": diversity.support_size(gen_feats, dup_threshold),
+        "support_size_train": diversity.support_size(real_same_size, dup_threshold),
+    }
 
 
 def _modes(train, train_feats, gen_feats, config: AuditConfig) -> dict:
@@ -134,4 +150,4 @@ def _modes(train, train_feats, gen_feats, config: AuditConfig) -> dict:
     for row in summary["per_mode"]:
         members = np.flatnonzero(train_labels == row["mode"])[:4]
         row["examples"] = [{"train_index": int(t), "train_path": train.describe(int(t))} for t in members]
-    return {"source": source, "min_share_ratio": config.mode_min_share_ratio, **summary}
+    return {"source": source, "min_share_ratio": config.mode_min_share_ratio, **summary}, gen_labels
