@@ -20,6 +20,7 @@ from ganaudit import gate as gating
 from ganaudit.config import OUTPUT_RANGES, AuditConfig
 from ganaudit.copysearch import CopySearcher, Matches
 from ganaudit.embedders import create_embedder
+from ganaudit.embedders.cache import default_cache_dir, embed_image_set
 from ganaudit.errors import GanauditError
 from ganaudit.index import build_index, recall_at_1
 from ganaudit.progress import progress_bar
@@ -55,11 +56,12 @@ def _stage(timings: dict, name: str):
 def open_generated(config: AuditConfig, device: torch.device):
     """The generator (or sample set) under audit, as a source of image batches."""
     if config.samples is not None:
-        return SampleSetSource(open_image_set(config.samples, "--samples"))
+        return SampleSetSource(open_image_set(config.samples, "--samples", skip_corrupt=config.skip_corrupt))
     value_range = OUTPUT_RANGES[config.output_range] if config.output_range else None
     generator = load_generator(
         config.generator, device, z_dim=config.z_dim, arch=config.arch, arch_kwargs=config.arch_kwargs,
-        trust_checkpoint=config.trust_checkpoint, value_range=value_range,
+        trust_checkpoint=config.trust_checkpoint, value_range=value_range, num_classes=config.num_classes,
+        class_weights=config.class_weights, truncation=config.truncation,
     )
     return GeneratorSource(generator, config.num_samples, config.seed)
 
@@ -90,15 +92,17 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     started = time.perf_counter()
     device = resolve_device(config.device)
     with _stage(timings, "load"):
-        train = open_image_set(config.train, "--train")
-        holdout = open_image_set(config.holdout, "--holdout") if config.holdout else None
+        train = open_image_set(config.train, "--train", skip_corrupt=config.skip_corrupt)
+        holdout = (open_image_set(config.holdout, "--holdout", skip_corrupt=config.skip_corrupt)
+                   if config.holdout else None)
         source = open_generated(config, device)
         embedder = create_embedder(config.embedder, device, config.weights)
     if len(train) < 3:
         raise GanauditError(f"--train {config.train}: needs at least 3 images, found {len(train)}")
 
     with _stage(timings, "embed_train"):
-        train_feats = embed_all(train, embedder, config, "embedding train")
+        cache_dir = None if config.no_cache else (config.cache_dir or default_cache_dir())
+        train_feats = embed_image_set(train, embedder, config.batch_size, cache_dir, "embedding train", config.progress)
     with _stage(timings, "index"):
         index = build_index(train_feats, embedder.spec.metric, config.index, config.approx_above, config.seed)
     searcher = CopySearcher(index, embedder, config.tta, min(config.copy_k, len(train) - 2))
@@ -119,7 +123,8 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     gates = gating.gates_from_config(config.gates) if config.gates else gating.DEFAULT_GATES
     result = AuditResult(
         verdict="pass", gates=[], memorization=memorization, coverage=coverage,
-        embedder=asdict(embedder.spec) | {"device": str(device)},
+        embedder=asdict(embedder.spec) | {"device": str(device), "weights_sha256": embedder.weights_sha256(),
+                                          "weights_path": str(embedder.weights_path) if embedder.weights_path else None},
         generator=_generator_info(source, config),
         train=_set_info(train), holdout=_set_info(holdout) if holdout else None,
         config=_config_info(config), timings=timings, versions=versions(),
@@ -153,18 +158,6 @@ def compare_with_baseline(result: AuditResult, baseline: AuditResult, config: Au
     result.baseline = {"path": str(config.baseline), "verdict": baseline.verdict,
                        "generator": baseline.generator.get("path"), "generator_sha256": baseline.generator.get("sha256")}
     return gating.evaluate_baseline(rules, result.get, baseline.get)
-
-
-def embed_all(images, embedder, config: AuditConfig, label: str) -> np.ndarray:
-    """Embed an image set, batch by batch: ``(N, D)`` float32."""
-    feats = np.empty((len(images), embedder.spec.dim), dtype=np.float32)
-    filled = np.zeros(len(images), dtype=bool)
-    with progress_bar(len(images), label, config.progress) as bar:
-        for indices, batch in images.batches(config.batch_size):
-            feats[indices] = embedder.embed(batch)
-            filled[indices] = True
-            bar.update(len(indices))
-    return feats[filled]
 
 
 def search_all(source, searcher: CopySearcher, config: AuditConfig, label: str, exclude_of=None):
@@ -218,7 +211,7 @@ def calibrate(train, holdout, searcher: CopySearcher, config: AuditConfig):
 def _generator_info(source, config: AuditConfig) -> dict:
     if isinstance(source, SampleSetSource):
         return {"kind": "samples", "path": str(config.samples), "n_samples": len(source),
-                "fingerprint": source.images.fingerprint()}
+                "fingerprint": source.images.fingerprint(), "n_corrupt": source.images.n_corrupt}
     return {"kind": "generator", **source.generator.info, "n_samples": len(source), "seed": config.seed}
 
 

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--html", type=Path, required=True, help="where to write the report")
     report.add_argument("--template-dir", type=Path, help="a folder of templates overriding the shipped ones")
     sub.add_parser("embedders", help="list the available embedders")
+    fetch = sub.add_parser("fetch-weights", help="download an embedder's weights (on a connected machine)")
+    fetch.add_argument("name", help="embedder name, e.g. inception, dinov2-vitb14, sscd")
+    fetch.add_argument("--dest", type=Path, help="folder to put it in (default: the torch hub checkpoint folder)")
     return parser
 
 
@@ -38,6 +41,8 @@ def _add_check(p: argparse.ArgumentParser) -> None:
     src.add_argument("--samples", type=Path, help="a folder or .npz of already generated images, instead of --generator")
     src.add_argument("--train", type=Path, help="training images: a folder (class subfolders give modes) or .npz/.npy")
     src.add_argument("--holdout", type=Path, help="held-out images from the training distribution (calibrates leak detection)")
+    src.add_argument("--skip-corrupt", action="store_true", default=None,
+                     help="skip unreadable image files (counted in the result) instead of stopping")
     gen = p.add_argument_group("generator")
     gen.add_argument("--z-dim", type=int, help="latent size, when the checkpoint does not say")
     gen.add_argument("--arch", help="module:Class of the generator, for state_dict checkpoints")
@@ -45,9 +50,14 @@ def _add_check(p: argparse.ArgumentParser) -> None:
     gen.add_argument("--trust-checkpoint", action="store_true", default=None,
                      help="allow loading a full pickle (runs code from the file: only for checkpoints you trust)")
     gen.add_argument("--output-range", help="generator output range: -1,1 or 0,1 or 0,255 (default: detected)")
+    gen.add_argument("--num-classes", type=int, help="conditional generators: sample class labels 0..K-1 (uniform)")
+    gen.add_argument("--class-weights", type=_float_list, help="comma list of K class weights for --num-classes (normalised)")
+    gen.add_argument("--truncation", type=float, metavar="PSI", help="truncation psi, for generators that take one")
     run = p.add_argument_group("run")
     run.add_argument("--embedder", help="feature network (see `ganaudit embedders`; default pixels)")
     run.add_argument("--weights", type=Path, help="weights file for the embedder")
+    run.add_argument("--cache-dir", type=Path, help="embedding cache (default $XDG_CACHE_HOME/ganaudit, else ~/.cache/ganaudit)")
+    run.add_argument("--no-cache", action="store_true", default=None, help="embed the training set again, without the cache")
     run.add_argument("--num-samples", type=int, help="samples to draw from the generator (default 5000)")
     run.add_argument("--seed", type=int, help="seed of the latents and of every random choice (default 0)")
     run.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
@@ -71,11 +81,19 @@ def _add_check(p: argparse.ArgumentParser) -> None:
 def _flags(args: argparse.Namespace) -> dict:
     names = ("generator", "samples", "train", "holdout", "z_dim", "arch", "arch_kwargs", "trust_checkpoint",
              "output_range", "embedder", "weights", "num_samples", "seed", "device", "batch_size", "alpha",
-             "modes", "index", "baseline", "html", "json", "junit", "warn_only", "progress")
+             "modes", "index", "baseline", "html", "json", "junit", "warn_only", "progress",
+             "cache_dir", "no_cache", "skip_corrupt", "num_classes", "class_weights", "truncation")
     flags = {name: getattr(args, name) for name in names}
     if args.tta is not None:
         flags["tta"] = () if args.tta.strip() == "none" else tuple(a.strip() for a in args.tta.split(",") if a.strip())
     return flags
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, like 1,1,2; got {text!r}") from None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -116,12 +134,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_embedders(args: argparse.Namespace) -> int:
-    from ganaudit.embedders import REGISTRY
+    from ganaudit.embedders import embedder_table
 
     print(f"{'name':<16} {'dim':>6} {'input':>9} {'metric':>6}  weights")
-    for name, (spec, _) in sorted(REGISTRY.items()):
-        size = f"{spec.input_size[0]}x{spec.input_size[1]}"
-        print(f"{name:<16} {spec.dim:>6} {size:>9} {spec.metric:>6}  {spec.weights}")
+    for row in embedder_table():
+        print(f"{row['name']:<16} {row['dim']:>6} {row['input']:>9} {row['metric']:>6}  {row['weights']}")
+    return EXIT_PASS
+
+
+def cmd_fetch_weights(args: argparse.Namespace) -> int:
+    from ganaudit.weights import fetch_weights
+
+    print(f"weights: {fetch_weights(args.name, args.dest)}")
     return EXIT_PASS
 
 
@@ -135,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    commands = {"check": cmd_check, "report": cmd_report, "embedders": cmd_embedders}
+    commands = {"check": cmd_check, "report": cmd_report, "embedders": cmd_embedders,
+                "fetch-weights": cmd_fetch_weights}
     try:
         return commands[args.command](args)
     except GanauditError as e:

@@ -31,6 +31,8 @@ class AuditConfig:
     holdout: Path | None = None
     embedder: str = "pixels"
     weights: Path | None = None
+    cache_dir: Path | None = None  # embedding cache; None: $XDG_CACHE_HOME/ganaudit or ~/.cache/ganaudit
+    no_cache: bool = False
     num_samples: int = 5000
     seed: int = 0
     device: str = "auto"
@@ -40,6 +42,10 @@ class AuditConfig:
     trust_checkpoint: bool = False
     arch: str | None = None
     arch_kwargs: str | None = None
+    num_classes: int | None = None  # conditional generators: labels 0..K-1 passed after z
+    class_weights: tuple[float, ...] | None = None  # per-class sampling weights (normalised); None: uniform
+    truncation: float | None = None  # truncation psi, passed to generators that take one
+    skip_corrupt: bool = False  # skip (and count) unreadable images instead of stopping
     # memorisation
     alpha: float = 0.01
     fdr_q: float = 0.05
@@ -80,6 +86,7 @@ class AuditConfig:
         _check(self.z_dim is None or self.z_dim >= 1, f"--z-dim must be positive, got {self.z_dim}")
         _check(self.output_range is None or self.output_range in OUTPUT_RANGES,
                f"--output-range must be one of {', '.join(OUTPUT_RANGES)}, got {self.output_range!r}")
+        _check_generator_inputs(self)
         _check(0.0 < self.alpha < 0.5, f"alpha must be in (0, 0.5), got {self.alpha}")
         _check(0.0 < self.fdr_q < 1.0, f"fdr_q must be in (0, 1), got {self.fdr_q}")
         _check(self.nearest_k >= 1, f"nearest_k must be positive, got {self.nearest_k}")
@@ -101,8 +108,21 @@ def _check(ok: bool, message: str) -> None:
         raise GanauditError(message)
 
 
+def _check_generator_inputs(config: AuditConfig) -> None:
+    """``num_classes``, ``class_weights`` and ``truncation``."""
+    k, weights, psi = config.num_classes, config.class_weights, config.truncation
+    _check(k is None or (isinstance(k, int) and k >= 1), f"--num-classes must be a positive integer, got {k!r}")
+    if weights is not None:
+        _check(k is not None, "--class-weights needs --num-classes")
+        numbers = isinstance(weights, (list, tuple)) and all(isinstance(w, (int, float)) for w in weights)
+        _check(numbers and len(weights) == k and all(0 <= w < float("inf") for w in weights) and sum(weights) > 0,
+               f"--class-weights must be {k} non-negative numbers (one per class) with a positive sum, got {weights!r}")
+    _check(psi is None or (isinstance(psi, (int, float)) and 0 <= psi < float("inf")),
+           f"--truncation must be a non-negative number, got {psi!r}")
+
+
 _FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
-_PATH_FIELDS = {"train", "generator", "samples", "holdout", "weights", "html", "json", "junit", "baseline"}
+_PATH_FIELDS = {"train", "generator", "samples", "holdout", "weights", "html", "json", "junit", "baseline", "cache_dir"}
 
 
 def find_config_file(start: Path) -> tuple[Path, dict] | None:

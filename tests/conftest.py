@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -105,6 +107,9 @@ def save_torchscript(module: torch.nn.Module, path: Path) -> Path:
     torch.jit.script(module).save(str(path))
     return path
 
+
+# Keep the tests' embedding caches out of the user's home and apart from other runs.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ganaudit-test-cache-")
 
 SCHEMA = json.loads((REPO / "ganaudit" / "schema" / "result.schema.json").read_text())
 

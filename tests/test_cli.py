@@ -191,3 +191,15 @@ def test_approximate_index_reports_its_measured_recall(tiny_sets, tmp_path, caps
     assert code == 1, err
     index = json.loads(out.read_text())["memorization"]["index"]
     assert index["kind"] == "hnsw" and 0.9 <= index["recall_at_1"] <= 1.0 and index["n_recall_queries"] == 120
+
+
+def test_missing_embedder_weights_name_the_file_and_the_fetch_command(tiny_sets, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    msg = _bad(capsys, "check", "--generator", tiny_sets["fresh_gen"], "--train", tiny_sets["train"],
+               "--embedder", "inception", *FAST)
+    assert "pt_inception-2015-12-05-6726825d.pth" in msg and "ganaudit fetch-weights inception" in msg
+
+
+def test_fetch_weights_of_an_embedder_without_weights(capsys):
+    msg = _bad(capsys, "fetch-weights", "pixels")
+    assert "no downloadable weights" in msg

@@ -1,15 +1,30 @@
 """Image sets on disk, streamed in batches: folders of images and .npz/.npy arrays.
 
-Every image becomes an RGB float32 tensor in [0, 1] with shape ``(3, H, W)``. Grayscale,
-RGBA and palette images are converted to RGB (alpha is dropped, not composited). When a set
-mixes sizes, every image is resized to the size of the first image (in sorted path order)
-with PIL's antialiased bicubic filter, the same for every embedder; the embedder then resizes
-to its own input size on the device.
+Every image becomes an RGB float32 tensor in [0, 1] with shape ``(3, H, W)``:
 
-Folders follow the torchvision ImageFolder layout when every image sits in a first-level
-subfolder: the subfolder names are the class labels. Otherwise the folder is flat and
-unlabelled. Decoding runs in a thread pool, one batch ahead of the consumer, so memory holds
-at most two batches whatever the size of the set.
+- Grayscale and palette images are converted to RGB; RGBA (and palette transparency) loses
+  its alpha channel, which is dropped, not composited; 16-bit grayscale PNGs are scaled
+  from 0..65535.
+- Mixed sizes: every image is resized to the size of the first image (in sorted path
+  order) with PIL's antialiased bicubic filter (``Image.resize(..., BICUBIC)``), whatever the
+  embedder; the embedder then resizes to its own input size on the device, also bicubic and
+  antialiased. Aspect ratios are not kept: nothing is cropped.
+
+Folders are searched recursively for .png, .jpg, .jpeg, .webp and .bmp files (any case);
+hidden files and folders (names starting with ``.``, such as macOS ``._*`` files) are left
+out. Folders follow the torchvision ImageFolder layout when every image sits under a
+first-level subfolder and there are at least two: the subfolder names, sorted, are the
+classes. Otherwise the set is flat and unlabelled. Arrays are described in ``arrays.py``.
+
+Memory: decoding runs in a thread pool one batch ahead of the consumer, and arrays are read a
+batch of rows at a time, so memory holds about two batches whatever the size of the set.
+
+Unreadable images stop the run with an error naming the file, or with ``skip_corrupt`` are
+skipped and counted (``n_corrupt``). A skipped image is left out of the indices a batch
+yields, and once a pass over the whole set ends, it is removed from ``paths`` and ``labels``:
+from then on index ``i`` (``describe``, ``load``, ``labels``) is the ``i``-th readable image,
+which is row ``i`` of a consumer that filled rows by the yielded indices and kept the filled
+ones in order.
 """
 from __future__ import annotations
 
@@ -24,12 +39,14 @@ import numpy as np
 import torch
 
 from ganaudit.errors import GanauditError
+from ganaudit.sources.arrays import (  # noqa: F401 - detect_range is imported from here by others
+    ArrayFile, array_to_tensor, array_value_range, detect_range, image_size, layout_of, open_array_file,
+)
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-_IMAGE_KEYS = ("images", "x", "samples", "arr_0")
-_LABEL_KEYS = ("labels", "y", "targets")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 @dataclass
@@ -42,6 +59,8 @@ class ImageSet:
         labels: ``(N,)`` int64 class index per image, or ``None``.
         class_names: names of the classes, indexed by label.
         size: ``(H, W)`` every image is delivered at.
+        skip_corrupt: skip unreadable images instead of failing.
+        skipped: relative paths of the images skipped so far, in the order met.
     """
 
     location: Path
@@ -49,13 +68,21 @@ class ImageSet:
     labels: np.ndarray | None
     class_names: list[str]
     size: tuple[int, int]
-    _array: np.ndarray | None = field(default=None, repr=False)
+    _array: ArrayFile | None = field(default=None, repr=False)
     _array_range: tuple[float, float] = (0.0, 1.0)
     skip_corrupt: bool = False
-    n_corrupt: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._all_paths = tuple(self.paths) if self.paths is not None else None  # the set as given, for fingerprint()
+
+    @property
+    def n_corrupt(self) -> int:
+        """How many unreadable images were skipped."""
+        return len(self.skipped)
 
     def __len__(self) -> int:
-        return len(self.paths) if self.paths is not None else int(self._array.shape[0])
+        return len(self.paths) if self.paths is not None else len(self._array)
 
     def describe(self, index: int) -> str:
         """A human-readable name of image ``index`` (its path, or ``file[index]``)."""
@@ -66,7 +93,7 @@ class ImageSet:
     def load(self, index: int) -> torch.Tensor:
         """Image ``index`` as a ``(3, H, W)`` float32 tensor in [0, 1]."""
         if self._array is not None:
-            return _array_to_tensor(self._array[index : index + 1], self._array_range)[0]
+            return self._array_batch(np.array([index]))[0]
         return _decode(self.location / self.paths[index], self.size)
 
     def batches(
@@ -76,27 +103,39 @@ class ImageSet:
 
         Args:
             batch_size: images per batch.
-            indices: which images, in order (default: all).
+            indices: which images, in order (default: all, which also drops skipped images
+                from the set when the pass ends; see the module docstring).
             workers: decoding threads; the next batch decodes while the caller works.
-
-        With ``skip_corrupt`` an unreadable file is dropped from its batch and counted in
-        ``n_corrupt``; the yielded indices then leave it out too.
         """
+        full_pass = indices is None
         indices = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
         chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
         if self._array is not None:
-            for chunk in chunks:
-                yield chunk, _array_to_tensor(self._array[chunk], self._array_range)
+            with ThreadPoolExecutor(max_workers=1) as pool:  # read the next rows while the caller works
+                pending = None
+                for chunk in chunks:
+                    future = pool.submit(self._array_batch, chunk)
+                    if pending is not None:
+                        yield pending[0], pending[1].result()
+                    pending = (chunk, future)
+                if pending is not None:
+                    yield pending[0], pending[1].result()
             return
+        unreadable: list[int] = []
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending = None
             for chunk in chunks:
                 futures = [pool.submit(self._decode_or_none, self.paths[i]) for i in chunk]
                 if pending is not None:
-                    yield _collect(*pending)
+                    yield self._collect(*pending, unreadable)
                 pending = (chunk, futures)
             if pending is not None:
-                yield _collect(*pending)
+                yield self._collect(*pending, unreadable)
+        if full_pass and unreadable:
+            self._drop(unreadable)
+
+    def _array_batch(self, chunk: np.ndarray) -> torch.Tensor:
+        return array_to_tensor(self._array.rows(chunk), self._array_range, layout_of(self._array.shape))
 
     def _decode_or_none(self, rel_path: str) -> torch.Tensor | None:
         try:
@@ -104,64 +143,74 @@ class ImageSet:
         except GanauditError:
             if not self.skip_corrupt:
                 raise
-            self.n_corrupt += 1
-            log.warning("skipped corrupt image %s", rel_path)
             return None
 
+    def _collect(self, chunk: np.ndarray, futures, unreadable: list[int]) -> tuple[np.ndarray, torch.Tensor]:
+        images = [f.result() for f in futures]
+        keep = np.array([im is not None for im in images], dtype=bool)
+        for i in chunk[~keep]:
+            unreadable.append(int(i))
+            if self.paths[i] not in self.skipped:
+                self.skipped.append(self.paths[i])
+                log.warning("skipped unreadable image %s", self.location / self.paths[i])
+        if not keep.any():
+            return chunk[:0], torch.empty(0, 3, *self.size)
+        return chunk[keep], torch.stack([im for im in images if im is not None])
+
+    def _drop(self, unreadable: list[int]) -> None:
+        keep = np.ones(len(self.paths), dtype=bool)
+        keep[unreadable] = False
+        if not keep.any():
+            raise GanauditError(f"{self.location}: none of its {len(self.paths)} images could be read")
+        self.paths = [p for p, k in zip(self.paths, keep) if k]
+        if self.labels is not None:
+            self.labels = self.labels[keep]
+
     def fingerprint(self) -> str:
-        """A content hash of the set: every file's bytes (folders) or the array's bytes."""
+        """A content hash of the set as given: every file's name and bytes, or the array file's bytes."""
         h = hashlib.sha256()
         if self._array is not None:
-            h.update(str(self._array.shape).encode())
-            h.update(np.ascontiguousarray(self._array).tobytes())
+            h.update(b"array\0")
+            _hash_file(h, self.location)
         else:
-            for rel in self.paths:
+            for rel in self._all_paths:
                 h.update(rel.encode() + b"\0")
-                h.update((self.location / rel).read_bytes())
+                _hash_file(h, self.location / rel)
         return h.hexdigest()
 
 
-def _collect(chunk: np.ndarray, futures) -> tuple[np.ndarray, torch.Tensor]:
-    images = [f.result() for f in futures]
-    keep = np.array([im is not None for im in images], dtype=bool)
-    if not keep.any():
-        return chunk[:0], torch.empty(0, 3, 1, 1)
-    return chunk[keep], torch.stack([im for im in images if im is not None])
+def _hash_file(h, path: Path) -> None:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
 
 
 def _decode(path: Path, size: tuple[int, int] | None) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            arr = np.asarray(_to_rgb(im, size), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
         raise GanauditError(
             f"cannot read image {path}: {e}; remove or replace it, or pass --skip-corrupt"
         ) from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def _array_to_tensor(arr: np.ndarray, value_range: tuple[float, float] = (0.0, 255.0)) -> torch.Tensor:
-    """Convert ``(B, H, W, C)`` or ``(B, C, H, W)`` arrays to RGB float in [0, 1].
+def _to_rgb(im, size: tuple[int, int] | None):
+    """An 8-bit RGB PIL image at ``size`` (H, W), converted as the module docstring says."""
+    from PIL import Image
 
-    ``value_range`` is the range the array's values live in (uint8 arrays: 0..255).
-    """
-    x = torch.from_numpy(np.ascontiguousarray(arr))
-    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-        x = x.permute(0, 3, 1, 2)
-    if not torch.is_floating_point(x):
-        value_range = (0.0, 255.0)
-    lo, hi = value_range
-    x = (x.float() - lo) / (hi - lo)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    elif x.shape[1] == 4:
-        x = x[:, :3]
-    return x.contiguous()
+    if im.mode in _SIXTEEN_BIT_MODES:  # PIL's own conversion would clip 16-bit values at 255
+        gray = np.asarray(im, dtype=np.float32) / 257.0
+        im = Image.fromarray(np.clip(np.round(gray), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    im = im.convert("RGB")
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return im
 
 
 def open_image_set(location: Path | str, what: str = "--train", skip_corrupt: bool = False) -> ImageSet:
@@ -170,7 +219,7 @@ def open_image_set(location: Path | str, what: str = "--train", skip_corrupt: bo
     Args:
         location: folder (recursive; ImageFolder layout gives labels) or array file.
         what: the flag it came from, for error messages.
-        skip_corrupt: drop unreadable images instead of failing.
+        skip_corrupt: drop unreadable images instead of failing (see the module docstring).
 
     Raises:
         GanauditError: missing path, no images, unreadable or malformed files.
@@ -180,19 +229,17 @@ def open_image_set(location: Path | str, what: str = "--train", skip_corrupt: bo
         raise GanauditError(f"{what} {location}: no such file or directory")
     if location.is_dir():
         return _open_folder(location, what, skip_corrupt)
-    if location.suffix in (".npz", ".npy"):
+    if location.suffix.lower() in (".npz", ".npy"):
         return _open_array(location, what)
-    raise GanauditError(
-        f"{what} {location}: expected a folder of images or a .npz/.npy file, got a {location.suffix or 'plain'} file"
-    )
+    kind = "an image" if location.suffix.lower() in IMAGE_EXTENSIONS else f"a {location.suffix or 'plain'} file"
+    raise GanauditError(f"{what} {location}: expected a folder of images or a .npz/.npy file, got {kind}")
 
 
 def _open_folder(location: Path, what: str, skip_corrupt: bool) -> ImageSet:
-    files = sorted(
-        p.relative_to(location).as_posix()
-        for p in location.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
+    candidates = (p.relative_to(location).as_posix() for p in location.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(rel for rel in candidates
+                   if not any(part.startswith(".") for part in rel.split("/")) and (location / rel).is_file())
     if not files:
         raise GanauditError(
             f"{what} {location}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)"
@@ -204,57 +251,29 @@ def _open_folder(location: Path, what: str, skip_corrupt: bool) -> ImageSet:
         labels = np.array([lookup[f.split("/", 1)[0]] for f in files], dtype=np.int64)
         if len(class_names) < 2:
             labels, class_names = None, []
-    first = _decode(location / files[0], None)
-    size = (int(first.shape[1]), int(first.shape[2]))
+    size = _first_size(location, files, skip_corrupt)
     log.info("%s: %d images in %s, %d classes, %dx%d", what, len(files), location, len(class_names), *size)
     return ImageSet(location, files, labels, class_names, size, skip_corrupt=skip_corrupt)
 
 
+def _first_size(location: Path, files: list[str], skip_corrupt: bool) -> tuple[int, int]:
+    """``(H, W)`` of the first readable image (skipped ones are counted when the set is streamed)."""
+    for rel in files:
+        try:
+            first = _decode(location / rel, None)
+        except GanauditError:
+            if not skip_corrupt:
+                raise
+            continue
+        return (int(first.shape[1]), int(first.shape[2]))
+    raise GanauditError(f"{location}: none of its {len(files)} images could be read")
+
+
 def _open_array(location: Path, what: str) -> ImageSet:
-    try:
-        if location.suffix == ".npy":
-            images, labels = np.load(location, mmap_mode="r", allow_pickle=False), None
-        else:
-            with np.load(location, allow_pickle=False) as data:
-                key = next((k for k in _IMAGE_KEYS if k in data.files), None)
-                if key is None:
-                    raise GanauditError(f"{what} {location}: no image array; expected one of the keys {', '.join(_IMAGE_KEYS)}, found {', '.join(data.files)}")
-                images = data[key]
-                lkey = next((k for k in _LABEL_KEYS if k in data.files), None)
-                labels = np.asarray(data[lkey], dtype=np.int64) if lkey else None
-    except (OSError, ValueError) as e:
-        raise GanauditError(f"{what} {location}: cannot read array file: {e}") from None
-    if images.ndim != 4 or not (images.shape[-1] in (1, 3, 4) or images.shape[1] in (1, 3, 4)):
-        raise GanauditError(f"{what} {location}: expected images of shape (N, H, W, C) or (N, C, H, W) with C in 1, 3, 4; got {images.shape}")
-    if images.shape[0] == 0:
-        raise GanauditError(f"{what} {location}: the array holds no images")
-    if labels is not None and labels.shape != (images.shape[0],):
-        raise GanauditError(f"{what} {location}: labels have shape {labels.shape}, expected ({images.shape[0]},)")
+    images, labels = open_array_file(location, what)
     value_range = array_value_range(images, what, location)
-    size = tuple(int(s) for s in _array_to_tensor(images[:1], value_range).shape[2:])
     class_names = [str(c) for c in range(int(labels.max()) + 1)] if labels is not None else []
-    return ImageSet(location, None, labels, class_names, size, _array=images, _array_range=value_range)
-
-
-def array_value_range(images: np.ndarray, what: str, location: Path) -> tuple[float, float]:
-    """The value range of an image array: uint8 is 0..255; floats are [0, 1], [-1, 1] or 0..255."""
-    if images.dtype == np.uint8:
-        return (0.0, 255.0)
-    if not np.issubdtype(images.dtype, np.floating):
-        raise GanauditError(f"{what} {location}: images must be uint8 or float, got {images.dtype}")
-    lo, hi = float(np.min(images)), float(np.max(images))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise GanauditError(f"{what} {location}: the image array holds NaN or Inf values")
-    return detect_range(lo, hi)
-
-
-def detect_range(lo: float, hi: float) -> tuple[float, float]:
-    """Guess the value range of images from their minimum and maximum.
-
-    Anything above 1.5 means 0..255; anything below -0.05 means [-1, 1]; else [0, 1].
-    """
-    if hi > 1.5:
-        return (0.0, 255.0)
-    if lo < -0.05:
-        return (-1.0, 1.0)
-    return (0.0, 1.0)
+    log.info("%s: %d images in %s, shape %s, %s, values in %s", what, len(images), location, images.shape,
+             images.dtype, value_range)
+    return ImageSet(location, None, labels, class_names, image_size(images.shape),
+                    _array=images, _array_range=value_range)

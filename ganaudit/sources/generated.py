@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ganaudit.batching import OomSplitter
 from ganaudit.sources.datasets import ImageSet
 from ganaudit.sources.generators import Generator
 
@@ -26,26 +27,25 @@ class GeneratorSource:
         self.generator = generator
         self.num_samples = num_samples
         self.seed = seed
+        self._splitter = OomSplitter(generator.device, "sampling")
 
     def __len__(self) -> int:
         return self.num_samples
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Yield ``(indices, images)``; on out-of-memory the batch size halves and retries."""
-        start = 0
-        while start < self.num_samples:
+        """Yield ``(indices, images)``; on out of memory a batch is generated in smaller chunks."""
+        for start in range(0, self.num_samples, batch_size):
             indices = np.arange(start, min(start + batch_size, self.num_samples))
-            try:
-                images = self.generator.sample(indices, self.seed)
-            except torch.OutOfMemoryError:
-                if batch_size == 1:
-                    raise
-                batch_size = max(1, batch_size // 2)
-                log.warning("out of memory while sampling; retrying with batch size %d", batch_size)
-                _empty_cache(self.generator.device)
-                continue
-            yield indices, images
-            start += len(indices)
+            yield indices, self._splitter(self._sample, indices)
+
+    def _sample(self, indices: np.ndarray) -> torch.Tensor:
+        return self.generator.sample(indices, self.seed)
+
+    def class_labels(self, indices: np.ndarray) -> np.ndarray | None:
+        """``(B,)`` int64 class label of each sample (conditional generators), else None."""
+        if self.generator.num_classes is None:
+            return None
+        return self.generator.class_labels(np.asarray(indices), self.seed).numpy()
 
     def load(self, index: int) -> torch.Tensor:
         """Sample ``index`` again: ``(3, H, W)`` in [0, 1] on the CPU."""
@@ -75,7 +75,7 @@ class SampleSetSource:
     def describe(self, index: int) -> dict:
         return {"sample_path": self.images.describe(index)}
 
+    def class_labels(self, indices: np.ndarray) -> np.ndarray | None:
+        """``(B,)`` int64 class label of each sample (a sample folder with class subfolders), else None."""
+        return None if self.images.labels is None else self.images.labels[np.asarray(indices)]
 
-def _empty_cache(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

@@ -1,0 +1,251 @@
+"""The embedding cache: features of training and holdout sets, stored on disk.
+
+An entry is keyed by a SHA-256 of everything that determines its features: the image set's
+content fingerprint (every file's bytes), the embedder's name, its spec (input size, resize,
+mean/std, dim, normalisation), its weight file's SHA-256 and its compute precision (bf16 on
+a GPU gives other features than float32 on a CPU). Any change gives another entry; nothing is
+ever invalidated in place. Layout::
+
+    <cache_dir>/features/<key>/entry.json          what the key was made of, chunk size, N, D
+    <cache_dir>/features/<key>/chunk-000000.bin    rows [0, chunk_size), and so on
+
+Each chunk file is ``MAGIC | SHA-256 of the payload | payload`` where the payload holds the
+chunk's features ``(rows, D)`` float32 and a ``(rows,)`` bool mask of the rows that were
+embedded (unreadable images skipped with ``--skip-corrupt`` are not). Every file is written
+to a temporary file and moved into place with ``os.replace``, so an interrupted run leaves
+only complete chunks and resumes after the last of them. A chunk whose checksum, size or
+shape is wrong is logged, deleted and embedded again.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ganaudit.embedders.base import Embedder
+from ganaudit.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+DEFAULT_CHUNK_SIZE = 4096
+_MAGIC = b"GAFEAT1\n"
+_STALE_TMP_SECONDS = 3600
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/ganaudit``, else ``~/.cache/ganaudit``."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "ganaudit"
+
+
+def cache_key(images, embedder: Embedder) -> tuple[str, dict]:
+    """``(key, material)``: the entry's name and the facts it is a hash of."""
+    material = {"format": CACHE_FORMAT, "n_images": len(images), "fingerprint": images.fingerprint(),
+                "embedder": embedder.identity()}
+    blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest(), material
+
+
+def embed_image_set(
+    images,
+    embedder: Embedder,
+    batch_size: int,
+    cache_dir: Path | None,
+    progress_label: str,
+    progress: bool | None,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    embed_batch: Callable[[torch.Tensor], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Embed every image of an ImageSet, reusing and filling the on-disk cache.
+
+    Args:
+        images: an ``ImageSet`` (``len``, ``batches(batch_size, indices)``, ``fingerprint()``).
+        embedder: what turns image batches into features.
+        batch_size: images per embedder call.
+        cache_dir: the cache's root folder; None embeds without caching.
+        progress_label, progress: the progress bar's label, and whether to show it
+            (None: only on a terminal).
+        chunk_size: rows per chunk file, the unit of resumption. An existing entry keeps the
+            chunk size it was started with.
+        embed_batch: what embeds one batch (default ``embedder.embed``), e.g. the embedder
+            wrapped in an out-of-memory splitter.
+
+    Returns:
+        ``(N', D)`` float32 features in image order, N' = N less the unreadable images skipped
+        (with ``skip_corrupt``). As after a full pass of ``images.batches``, those are then
+        recorded in ``images.skipped`` and dropped from the set, on a cache hit too, so row
+        ``i`` is image ``i`` of the set.
+    """
+    n, dim = len(images), embedder.spec.dim
+    embed = embed_batch or embedder.embed
+    with progress_bar(n, progress_label, progress) as bar:
+        if cache_dir is None:
+            feats, filled = _embed_rows(images, embed, dim, np.arange(n), batch_size, bar)
+            _forget_unreadable(images, filled)
+            return feats[filled]
+        key, material = cache_key(images, embedder)
+        entry = _Entry(Path(cache_dir) / "features" / key, material, n, dim, chunk_size)
+        feats = np.empty((n, dim), dtype=np.float32)
+        filled = np.zeros(n, dtype=bool)
+        n_cached = n_built = 0
+        for i, rows in enumerate(entry.chunk_rows()):
+            chunk = entry.read_chunk(i, len(rows))
+            if chunk is None:
+                chunk = _embed_rows(images, embed, dim, rows, batch_size, bar)
+                entry.write_chunk(i, *chunk)
+                n_built += 1
+            else:
+                bar.update(len(rows))
+                n_cached += 1
+            feats[rows], filled[rows] = chunk
+        log.info("%s: %d chunks from the cache, %d embedded (%s)", progress_label, n_cached, n_built, entry.path)
+    _forget_unreadable(images, filled)
+    return feats[filled]
+
+
+def _embed_rows(images, embed, dim: int, rows: np.ndarray, batch_size: int, bar) -> tuple[np.ndarray, np.ndarray]:
+    """Embed images ``rows``: ``(features (len(rows), D), embedded mask (len(rows),))``."""
+    feats = np.zeros((len(rows), dim), dtype=np.float32)
+    filled = np.zeros(len(rows), dtype=bool)
+    position = {int(r): p for p, r in enumerate(rows)}
+    # One yield per requested batch; unreadable images are missing from its indices.
+    for k, (indices, batch) in enumerate(images.batches(batch_size, rows)):
+        where = np.array([position[int(j)] for j in indices], dtype=np.int64)
+        if len(where):
+            feats[where] = embed(batch)
+            filled[where] = True
+        bar.update(min(batch_size, len(rows) - k * batch_size))
+    return feats, filled
+
+
+def _forget_unreadable(images, filled: np.ndarray) -> None:
+    """Record the images that were not embedded as skipped and drop them from the set.
+
+    What ``ImageSet.batches`` does at the end of a full pass; needed here because the cache
+    embeds chunk by chunk (or not at all, on a hit).
+    """
+    missing = np.flatnonzero(~filled)
+    if not len(missing) or getattr(images, "paths", None) is None:
+        return
+    for i in missing:
+        if images.paths[i] not in images.skipped:
+            images.skipped.append(images.paths[i])
+            log.warning("skipped unreadable image %s (as recorded in the embedding cache)", images.paths[i])
+    images._drop([int(i) for i in missing])
+
+
+class _Entry:
+    """One cache entry: a folder of chunk files and the manifest that describes them."""
+
+    def __init__(self, path: Path, material: dict, n: int, dim: int, chunk_size: int):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.path, self.n, self.dim = path, n, dim
+        path.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
+        manifest = self._read_manifest()
+        material = json.loads(json.dumps(material))  # as it reads back from JSON: tuples become lists
+        if manifest is not None and manifest.get("material") == material and manifest.get("dim") == dim:
+            self.chunk_size = int(manifest["chunk_size"])
+            return
+        if manifest is not None:
+            log.warning("embedding cache %s: manifest does not match its key; rebuilding the entry", path)
+        for old in path.glob("chunk-*.bin"):
+            old.unlink(missing_ok=True)
+        self.chunk_size = chunk_size
+        _write_atomic(path / "entry.json", json.dumps(
+            {"material": material, "n": n, "dim": dim, "chunk_size": chunk_size, "created": time.time()},
+            indent=1, sort_keys=True).encode())
+
+    def _read_manifest(self) -> dict | None:
+        try:
+            manifest = json.loads((self.path / "entry.json").read_text())
+            int(manifest["chunk_size"])
+            return manifest
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("embedding cache %s: unreadable manifest; rebuilding the entry", self.path)
+            return {}
+
+    def chunk_rows(self) -> list[np.ndarray]:
+        return [np.arange(s, min(s + self.chunk_size, self.n)) for s in range(0, self.n, self.chunk_size)]
+
+    def chunk_path(self, i: int) -> Path:
+        return self.path / f"chunk-{i:06d}.bin"
+
+    def read_chunk(self, i: int, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The chunk's ``(features, mask)``, or None when absent or corrupt (then deleted)."""
+        path = self.chunk_path(i)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return _decode_chunk(data, rows, self.dim)
+        except (ValueError, EOFError, OSError) as e:
+            log.warning("embedding cache: %s is corrupt (%s); embedding its %d images again", path, e, rows)
+            path.unlink(missing_ok=True)
+            return None
+
+    def write_chunk(self, i: int, feats: np.ndarray, filled: np.ndarray) -> None:
+        _write_atomic(self.chunk_path(i), _encode_chunk(feats, filled))
+
+
+def _encode_chunk(feats: np.ndarray, filled: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(feats, dtype=np.float32), allow_pickle=False)
+    np.save(buffer, np.ascontiguousarray(filled, dtype=bool), allow_pickle=False)
+    payload = buffer.getvalue()
+    return _MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def _decode_chunk(data: bytes, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Parse and verify a chunk file's bytes; ValueError says what is wrong."""
+    head = len(_MAGIC) + 32
+    if len(data) < head or not data.startswith(_MAGIC):
+        raise ValueError("bad header")
+    payload = data[head:]
+    if hashlib.sha256(payload).digest() != data[len(_MAGIC):head]:
+        raise ValueError("checksum mismatch")
+    buffer = io.BytesIO(payload)
+    feats = np.load(buffer, allow_pickle=False)
+    filled = np.load(buffer, allow_pickle=False)
+    if feats.shape != (rows, dim) or feats.dtype != np.float32 or filled.shape != (rows,) or filled.dtype != bool:
+        raise ValueError(f"holds {feats.shape} {feats.dtype} features, expected ({rows}, {dim}) float32")
+    return feats, filled
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    # Left by a run killed mid-write; a live writer's temporaries are younger than this.
+    cutoff = time.time() - _STALE_TMP_SECONDS
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+        except OSError:
+            pass

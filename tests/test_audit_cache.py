@@ -1,0 +1,29 @@
+"""A second audit against the same training set reuses its cached features."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import ganaudit.audit as audit_module
+from ganaudit.config import AuditConfig
+
+
+def test_second_checkpoint_does_not_embed_the_training_set_again(tiny_sets, tmp_path, monkeypatch):
+    train_batches: list[int] = []
+    original = audit_module.embed_image_set
+
+    def counting(images, embedder, *args, **kwargs):
+        before = embedder.calls
+        out = original(images, embedder, *args, **kwargs)
+        train_batches.append(embedder.calls - before)
+        return out
+
+    monkeypatch.setattr(audit_module, "embed_image_set", counting)
+    common = dict(train=Path(tiny_sets["train"]), holdout=Path(tiny_sets["holdout"]), num_samples=60,
+                  tta=(), cache_dir=tmp_path / "cache")
+    first = audit_module.audit(AuditConfig(generator=Path(tiny_sets["fresh_gen"]), **common))
+    second = audit_module.audit(AuditConfig(generator=Path(tiny_sets["copy_gen"]), **common))
+    assert train_batches[0] > 0 and train_batches[1] == 0
+    assert first.train["fingerprint"] == second.train["fingerprint"]
+    no_cache = audit_module.audit(AuditConfig(generator=Path(tiny_sets["copy_gen"]), no_cache=True, **common))
+    assert train_batches[2] > 0
+    assert no_cache.memorization["n_flagged"] == second.memorization["n_flagged"]
