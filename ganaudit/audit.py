@@ -119,7 +119,8 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
             train_feats, holdout_feats, gen_feats,
         )
         memorization["index"] = index_info
-        coverage = summary_metrics.coverage_summary(train, train_feats, gen_feats, gen_matches, config)
+        logits = embedder.class_logits(gen_feats) if hasattr(embedder, "class_logits") else None
+        coverage = summary_metrics.coverage_summary(train, train_feats, gen_feats, gen_matches, config, logits)
     gates = gating.gates_from_config(config.gates) if config.gates else gating.DEFAULT_GATES
     result = AuditResult(
         verdict="pass", gates=[], memorization=memorization, coverage=coverage,

@@ -31,6 +31,7 @@ METRICS = {
     "coverage.modes.covered_fraction": True,
     "coverage.modes.kl_divergence": False,
     "coverage.vendi": True,
+    "coverage.inception_score": True,
     "coverage.support_size.estimate": True,
 }
 

@@ -13,6 +13,7 @@ import numpy as np
 from ganaudit.config import AuditConfig
 from ganaudit.copysearch import Matches
 from ganaudit.errors import GanauditError
+from ganaudit.metrics.inception_score import inception_score
 from ganaudit.metrics import copy_stats, coverage as cov, diversity, fid, memorization as mem, modes
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,12 @@ def _holdout_metrics(train_feats, holdout_feats, gen_feats, config: AuditConfig)
 
 
 def coverage_summary(train, train_feats: np.ndarray, gen_feats: np.ndarray, gen: Matches,
-                     config: AuditConfig) -> dict:
-    """The ``coverage`` section: PRDC, FD/KD, near-duplicates, modes, a sample grid."""
+                     config: AuditConfig, class_logits: np.ndarray | None = None) -> dict:
+    """The ``coverage`` section: PRDC, FD/KD, near-duplicates, modes, diversity, a sample grid.
+
+    ``class_logits`` ``(M, C)`` of the generated samples give the Inception Score; only the
+    ``inception`` embedder provides them, and the section says so otherwise.
+    """
     rng = np.random.default_rng(config.seed)
     real_idx = np.arange(len(train_feats))
     if len(real_idx) > config.coverage_max_real:
@@ -116,9 +121,19 @@ def coverage_summary(train, train_feats: np.ndarray, gen_feats: np.ndarray, gen:
         sample_grid=[{"sample_index": i, "train_index": int(gen.train_index[i])}
                      for i in range(min(SAMPLE_GRID, len(gen_feats)))],
     )
+    out.update(_inception_score(class_logits, config.embedder))
     out["modes"], gen_labels = _modes(train, train_feats, gen_feats, config)
     out.update(_diversity(real, gen_feats, gen_labels, out["modes"], dup_threshold, config))
     return out
+
+
+def _inception_score(class_logits, embedder_name: str) -> dict:
+    if class_logits is None:
+        return {"inception_score": None, "inception_score_std": None,
+                "inception_score_note": f"needs --embedder inception (this run: {embedder_name})"}
+    splits = min(10, len(class_logits))
+    mean, std = inception_score(class_logits, splits=splits)
+    return {"inception_score": mean, "inception_score_std": std, "inception_score_splits": splits}
 
 
 def _diversity(real, gen_feats, gen_labels, modes_summary: dict, dup_threshold: float, config: AuditConfig) -> dict:

@@ -397,3 +397,37 @@ def test_an_empty_batch_gives_no_rows():
     embedder = create_embedder("pixels", "cpu")
     out = embedder.embed(torch.empty(0, 3, 16, 16))
     assert out.shape == (0, 3072) and out.dtype == np.float32
+
+
+def test_inception_class_logits_are_the_networks_fc_without_bias(hub, offline):
+    embedder = create_embedder("inception", torch.device("cpu"))
+    images = torch.rand(3, 3, 64, 64)
+    feats = embedder.embed(images)
+    with torch.inference_mode():
+        expected = embedder.network.fc(torch.from_numpy(feats)) - embedder.network.fc.bias
+    np.testing.assert_allclose(embedder.class_logits(feats), expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_audit_reports_the_inception_score_only_with_inception():
+    from ganaudit.metrics.inception_score import inception_score
+    from ganaudit.summary_metrics import _inception_score
+
+    logits = np.random.default_rng(0).normal(size=(40, 1008)).astype(np.float32)
+    row = _inception_score(logits, "inception")
+    assert (row["inception_score"], row["inception_score_std"]) == inception_score(logits, splits=10)
+    row = _inception_score(None, "pixels")
+    assert row["inception_score"] is None and "--embedder inception" in row["inception_score_note"]
+
+
+@pytest.mark.slow
+def test_whole_audit_with_inception_reports_fd_and_inception_score(hub, offline, tiny_sets, tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "r.json"
+    code, _, _ = run_cli("check", "--generator", tiny_sets["fresh_gen"], "--train", tiny_sets["train"],
+                         "--holdout", tiny_sets["holdout"], "--embedder", "inception", "--num-samples", "100",
+                         "--tta", "none", "--json", out)
+    import json
+
+    cov = json.loads(out.read_text())["coverage"]
+    assert code in (0, 1) and cov["inception_score"] >= 1.0 and cov["fd"] >= 0

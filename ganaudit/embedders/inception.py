@@ -15,6 +15,7 @@ device (``gpu_autocast=False``) so that FD values stay comparable with published
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ganaudit.embedders.base import Embedder, EmbedderSpec, check_state_dict, load_state_dict_file, prepare_network
@@ -38,6 +39,21 @@ class InceptionEmbedder(Embedder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
+
+    def class_logits(self, features: np.ndarray) -> np.ndarray:
+        """The network's 1008-way class logits from its pool3 features, for the Inception Score.
+
+        ``fc`` is linear, so the logits follow exactly from the features already computed; its
+        bias is left out, as in torch-fidelity's ``logits_unbiased`` (the published protocol).
+
+        Args:
+            features: ``(N, 2048)`` float32 pool3 features from this embedder.
+
+        Returns:
+            ``(N, 1008)`` float32 logits.
+        """
+        weight = self.network.fc.weight.detach().float().cpu().numpy()
+        return features.astype(np.float32, copy=False) @ weight.T
 
 
 def load_network(path) -> torch.nn.Module:
