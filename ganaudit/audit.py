@@ -107,7 +107,7 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         index = build_index(train_feats, embedder.spec.metric, config.index, config.approx_above, config.seed)
     searcher = CopySearcher(index, embedder, config.tta, min(config.copy_k, len(train) - 2))
     with _stage(timings, "sample_embed_search"):
-        gen_feats, gen_matches = search_all(source, searcher, config, "sampling + search")
+        gen_feats, gen_matches, gen_classes = search_all(source, searcher, config, "sampling + search")
     with _stage(timings, "calibrate"):
         holdout_feats, reference, calibration = calibrate(train, holdout, searcher, config)
     index_info = {"kind": index.kind, "recall_at_1": recall_at_1(index, train_feats, gen_feats[:RECALL_QUERIES]),
@@ -121,6 +121,9 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         memorization["index"] = index_info
         logits = embedder.class_logits(gen_feats) if hasattr(embedder, "class_logits") else None
         coverage = summary_metrics.coverage_summary(train, train_feats, gen_feats, gen_matches, config, logits)
+        if gen_classes is not None:
+            memorization["per_class"], coverage["per_class"] = summary_metrics.per_class_summary(
+                gen_classes, gen_matches, memorization["threshold"], train, train_feats, gen_feats, config)
     gates = gating.gates_from_config(config.gates) if config.gates else gating.DEFAULT_GATES
     result = AuditResult(
         verdict="pass", gates=[], memorization=memorization, coverage=coverage,
@@ -162,16 +165,24 @@ def compare_with_baseline(result: AuditResult, baseline: AuditResult, config: Au
 
 
 def search_all(source, searcher: CopySearcher, config: AuditConfig, label: str, exclude_of=None):
-    """Embed and search every batch of ``source``: ``(features (N, D), Matches)``."""
-    feats, parts = [], []
+    """Embed and search every batch of ``source``.
+
+    Returns:
+        ``(features (N, D), Matches, class labels (N,) or None)``; labels come from
+        conditional generators and labelled sample folders.
+    """
+    feats, parts, labels = [], [], []
+    class_labels = getattr(source, "class_labels", lambda _indices: None)
     with progress_bar(len(source), label, config.progress) as bar:
         for indices, batch in source.batches(config.batch_size):
             exclude = None if exclude_of is None else exclude_of[indices]
             f, m = searcher(batch, exclude=exclude)
             feats.append(f)
             parts.append(m)
+            labels.append(class_labels(indices))
             bar.update(len(indices))
-    return np.concatenate(feats), Matches.concatenate(parts)
+    has_labels = all(lab is not None for lab in labels)
+    return np.concatenate(feats), Matches.concatenate(parts), (np.concatenate(labels) if has_labels else None)
 
 
 class _Subset:
@@ -199,13 +210,13 @@ def calibrate(train, holdout, searcher: CopySearcher, config: AuditConfig):
         ``(holdout features or None, reference Matches, calibration info dict)``.
     """
     if holdout is not None:
-        feats, matches = search_all(holdout, searcher, config, "calibrating on holdout")
+        feats, matches, _ = search_all(holdout, searcher, config, "calibrating on holdout")
         return feats, matches, {"method": "holdout", "n_reference": len(matches.score)}
     rng = np.random.default_rng(config.seed)
     n = min(len(train), config.calibration_max)
     chosen = np.sort(rng.choice(len(train), size=n, replace=False))
-    _, matches = search_all(_Subset(train, chosen), searcher, config, "calibrating on train",
-                            exclude_of=chosen)
+    _, matches, _ = search_all(_Subset(train, chosen), searcher, config, "calibrating on train",
+                               exclude_of=chosen)
     return None, matches, {"method": "train-leave-one-out", "n_reference": n}
 
 
