@@ -167,7 +167,15 @@ class ImageSet:
             self.labels = self.labels[keep]
 
     def fingerprint(self) -> str:
-        """A content hash of the set as given: every file's name and bytes, or the array file's bytes."""
+        """A content hash of the set as given: every file's name and bytes, or the array file's bytes.
+
+        Computed once per ImageSet (it reads every file): the cache key and the result share it.
+        """
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
         h = hashlib.sha256()
         if self._array is not None:
             h.update(b"array\0")
