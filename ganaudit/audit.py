@@ -24,7 +24,7 @@ from ganaudit.embedders.cache import default_cache_dir, embed_image_set
 from ganaudit.errors import GanauditError
 from ganaudit.index import build_index, recall_at_1
 from ganaudit.progress import progress_bar
-from ganaudit.result import AuditResult
+from ganaudit.result import AuditResult, dig
 from ganaudit.sources.datasets import open_image_set
 from ganaudit.sources.generated import GeneratorSource, SampleSetSource
 from ganaudit.sources.generators import load_generator
@@ -124,7 +124,6 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         if gen_classes is not None:
             memorization["per_class"], coverage["per_class"] = summary_metrics.per_class_summary(
                 gen_classes, gen_matches, memorization["threshold"], train, train_feats, gen_feats, config)
-    gates = gating.gates_from_config(config.gates) if config.gates else gating.DEFAULT_GATES
     result = AuditResult(
         verdict="pass", gates=[], memorization=memorization, coverage=coverage,
         embedder=asdict(embedder.spec) | {"device": str(device), "weights_sha256": embedder.weights_sha256(),
@@ -133,25 +132,31 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         train=_set_info(train), holdout=_set_info(holdout) if holdout else None,
         config=_config_info(config), timings=timings, versions=versions(),
     )
-    result.gates = gating.evaluate(gates, result.get)
-    if baseline is not None:
-        result.gates += compare_with_baseline(result, baseline, config)
-    result.verdict = gating.verdict(result.gates, config.warn_only)
+    apply_gates(result, config, baseline)
     timings["total"] = round(time.perf_counter() - started, 3)
     return result, AuditContext(source, train, holdout)
 
 
+def apply_gates(result: AuditResult, config: AuditConfig, baseline: AuditResult | None) -> None:
+    """Evaluate the policy's gates (and the baseline rules) on ``result`` and set its verdict."""
+    gates = gating.gates_from_config(config.gates) if config.gates else gating.DEFAULT_GATES
+    snapshot = result.to_dict()
+    result.gates = gating.evaluate(gates, lambda metric: dig(snapshot, metric))
+    if baseline is not None:
+        result.gates += compare_with_baseline(result, snapshot, baseline, config)
+    result.verdict = gating.verdict(result.gates, config.warn_only)
+
+
 def read_baseline(path) -> AuditResult:
     """A previous audit's JSON result, checked to be one."""
-    import json
-
     try:
         return AuditResult.read_json(path)
     except (OSError, ValueError, TypeError) as e:
         raise GanauditError(f"--baseline {path}: not a readable ganaudit JSON result ({e})") from None
 
 
-def compare_with_baseline(result: AuditResult, baseline: AuditResult, config: AuditConfig) -> list[dict]:
+def compare_with_baseline(result: AuditResult, snapshot: dict, baseline: AuditResult,
+                          config: AuditConfig) -> list[dict]:
     """Gate rows for regressions against ``baseline``; the result records what it was compared with."""
     if baseline.embedder.get("name") != result.embedder["name"]:
         raise GanauditError(
@@ -161,7 +166,8 @@ def compare_with_baseline(result: AuditResult, baseline: AuditResult, config: Au
     rules = gating.baseline_rules_from_config(config.baseline_rules) if config.baseline_rules else gating.DEFAULT_BASELINE_RULES
     result.baseline = {"path": str(config.baseline), "verdict": baseline.verdict,
                        "generator": baseline.generator.get("path"), "generator_sha256": baseline.generator.get("sha256")}
-    return gating.evaluate_baseline(rules, result.get, baseline.get)
+    baseline_snapshot = baseline.to_dict()
+    return gating.evaluate_baseline(rules, lambda m: dig(snapshot, m), lambda m: dig(baseline_snapshot, m))
 
 
 def search_all(source, searcher: CopySearcher, config: AuditConfig, label: str, exclude_of=None):

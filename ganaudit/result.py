@@ -61,12 +61,17 @@ class AuditResult:
 
     def get(self, dotted: str) -> Any:
         """The value at a dotted path like ``"coverage.modes.covered_fraction"``, or None."""
-        node: Any = self.to_dict()
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
-        return node
+        return dig(self.to_dict(), dotted)
+
+
+def dig(data: dict, dotted: str) -> Any:
+    """``data["a"]["b"]`` for ``"a.b"``; None where a part is missing."""
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _jsonable(value: Any) -> Any:
