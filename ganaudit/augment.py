@@ -12,20 +12,31 @@ import torch.nn.functional as F
 SHIFT_PIXELS = 2
 
 
+GRID_PIXELS = 3
+
+
 def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> list[tuple[str, torch.Tensor]]:
     """Return ``[(name, images)]``: the identity first, then each requested family.
 
-    ``"flip"`` adds the horizontal mirror; ``"shift"`` adds shifts by ``SHIFT_PIXELS`` (scaled to
-    the image size, 2 px at 32×32) left, right, up and down with edge pixels replicated.
+    ``"flip"`` adds the horizontal mirror. ``"shift"`` adds the 8 shifts by ``SHIFT_PIXELS``
+    (left, right, up, down and diagonal). ``"shift-grid"`` adds every shift of up to
+    ``GRID_PIXELS`` in each direction (48 variants): what a raw-pixel embedder needs to
+    re-align a copy moved by a few pixels, at 48 times the embedding cost. Distances are in
+    pixels of a 32×32 image and scale with the image width; edges are replicated.
     """
     out = [("identity", images)]
     if "flip" in augmentations:
         out.append(("hflip", images.flip(-1)))
-    if "shift" in augmentations:
-        step = max(1, round(SHIFT_PIXELS * images.shape[-1] / 32))
-        for name, dx, dy in (("shift_left", -step, 0), ("shift_right", step, 0),
-                             ("shift_up", 0, -step), ("shift_down", 0, step)):
-            out.append((name, shift(images, dx, dy)))
+    unit = max(1, round(images.shape[-1] / 32))
+    offsets: list[tuple[int, int]] = []
+    if "shift-grid" in augmentations:
+        offsets = [(dx, dy) for dy in range(-GRID_PIXELS, GRID_PIXELS + 1)
+                   for dx in range(-GRID_PIXELS, GRID_PIXELS + 1) if (dx, dy) != (0, 0)]
+    elif "shift" in augmentations:
+        offsets = [(dx, dy) for dy in (-SHIFT_PIXELS, 0, SHIFT_PIXELS)
+                   for dx in (-SHIFT_PIXELS, 0, SHIFT_PIXELS) if (dx, dy) != (0, 0)]
+    for dx, dy in offsets:
+        out.append((f"shift({dx:+d},{dy:+d})", shift(images, dx * unit, dy * unit)))
     return out
 
 

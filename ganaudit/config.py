@@ -18,7 +18,7 @@ from ganaudit.gate import baseline_rules_from_config, gates_from_config
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OUTPUT_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}
-AUGMENTATIONS = ("flip", "shift")
+AUGMENTATIONS = ("flip", "shift", "shift-grid")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class AuditConfig:
     fdr_q: float = 0.05
     nearest_k: int = 5
     copy_k: int = 50  # neighbours the nearest distance is compared with (Carlini et al. 2023)
-    tta: tuple[str, ...] = AUGMENTATIONS
+    tta: tuple[str, ...] = ("flip", "shift")
     calibration_max: int = 5000
     index: str = "auto"  # flat (exact), ivf, hnsw, or auto: exact up to approx_above training images
     approx_above: int = 1_000_000
