@@ -696,3 +696,15 @@ def test_real_cuda_out_of_memory_is_split():
     assert source._splitter.limit in (1, 2) and len(indices) == 8
     expected = torch.cat([gen.sample(np.array([i]), 0) for i in range(8)])
     torch.testing.assert_close(images, expected)
+
+
+def test_safetensors_without_the_package_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from ganaudit.errors import GanauditError
+    from ganaudit.sources.state_dicts import _read_safetensors
+
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(GanauditError, match=r"ganaudit\[safetensors\]"):
+        _read_safetensors(tmp_path / "g.safetensors")

@@ -103,7 +103,7 @@ def _read_safetensors(path: Path) -> dict:
     try:
         from safetensors.torch import load_file
     except ImportError:
-        raise GanauditError("reading .safetensors needs the safetensors package: pip install safetensors") from None
+        raise GanauditError("reading .safetensors needs the safetensors package: pip install 'ganaudit[safetensors]' (or safetensors)") from None
     try:
         return load_file(str(path))
     except Exception as e:
