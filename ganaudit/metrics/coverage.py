@@ -116,8 +116,7 @@ def _cross_distance_tiles(real: np.ndarray, fake: np.ndarray, block_size: int):
     ``dist`` is float32, rounded from a float64 ``|x|² + |y|² - 2 x·y`` exactly as
     scikit-learn's ``euclidean_distances`` does for float32 input.
     """
-    real_sq = np.einsum("ij,ij->i", real.astype(np.float64), real.astype(np.float64))
-    fake_sq = np.einsum("ij,ij->i", fake.astype(np.float64), fake.astype(np.float64))
+    real_sq, fake_sq = _squared_norms(real, block_size), _squared_norms(fake, block_size)
     for r0 in range(0, real.shape[0], block_size):
         rs = slice(r0, r0 + block_size)
         real_block = real[rs].astype(np.float64)
@@ -129,6 +128,15 @@ def _cross_distance_tiles(real: np.ndarray, fake: np.ndarray, block_size: int):
             sq += fake_sq[None, fs]
             np.maximum(sq, 0.0, out=sq)
             yield rs, fs, np.sqrt(sq.astype(np.float32))
+
+
+def _squared_norms(x: np.ndarray, block_size: int) -> np.ndarray:
+    """Row norms squared in float64, one row block at a time (no full float64 copy of ``x``)."""
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for start in range(0, x.shape[0], block_size):
+        block = x[start : start + block_size].astype(np.float64)
+        out[start : start + block_size] = np.einsum("ij,ij->i", block, block)
+    return out
 
 
 def _check_radii(real_radii, fake_radii, n_real: int, n_fake: int):
