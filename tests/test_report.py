@@ -47,3 +47,16 @@ def test_report_of_a_missing_or_foreign_json_is_a_clean_error(tmp_path, capsys):
     code, _, err = run_cli("report", bad, "--html", tmp_path / "x.html", capsys=capsys)
     assert code == 2 and "not a ganaudit JSON result" in err
     assert not (tmp_path / "x.html").exists()
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from ganaudit.result import write_atomic
+
+    path = tmp_path / "out.json"
+    write_atomic(path, "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
