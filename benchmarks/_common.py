@@ -353,3 +353,14 @@ def secs(x: float) -> str:
 
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--child":
     _child(*sys.argv[2:])
+
+
+def timed_into(func, name: str, stages: dict):
+    """Wrap ``func`` so each call adds its wall time to ``stages[name]``."""
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
+    return wrapper

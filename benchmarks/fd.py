@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from _common import (default_out, run_isolated, features, format_table, gb, interleaved, machine_info, machine_line, make_parser,
+from _common import (timed_into as _timed, default_out, run_isolated, features, format_table, gb, interleaved, machine_info, machine_line, make_parser,
                      secs, summary, wait_for_quiet, write_json)
 
 TIME_TARGET, REL_DIFF_TARGET = 0.35, 1e-9
@@ -83,16 +83,6 @@ def task_attribution(n_real: int, n_fake: int, dim: int):
                                 ("pytorch-fid", calculate_frechet_distance))}
 
     return call
-
-
-def _timed(func, name: str, stages: dict):
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
-    return wrapper
 
 
 def tables(params: dict, res: dict, repeats: int, info: dict) -> str:

@@ -17,10 +17,9 @@ ganaudit within 1.2x of the floor, in at most 2.5 GB peak resident memory.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from _common import (GB, default_out, features, format_table, gb, gemm_floor_call, interleaved, machine_info,
+from _common import (timed_into as _timed, GB, default_out, features, format_table, gb, gemm_floor_call, interleaved, machine_info,
                      machine_line, make_parser, run_isolated, secs, summary, wait_for_quiet, write_json)
 
 FLOOR_TARGET, PEAK_TARGET_GB = 1.2, 2.5
@@ -47,16 +46,6 @@ def task_ganaudit(n_real: int, n_fake: int, dim: int, k: int):
         return {"values": {m: float(v) for m, v in values.items()}, "stages_s": stages}
 
     return (lambda: coverage.prdc(real, fake, nearest_k=k)), report
-
-
-def _timed(func, name: str, stages: dict):
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
-    return wrapper
 
 
 def task_floor(n_real: int, n_fake: int, dim: int, k: int, products: str = "all"):

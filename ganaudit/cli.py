@@ -117,8 +117,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import json
-
     from ganaudit.report.html import render_html
     from ganaudit.result import AuditResult, write_atomic
 

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from ganaudit.errors import GanauditError
-from ganaudit.sources.arrays import (  # noqa: F401 - detect_range is imported from here by others
-    ArrayFile, array_to_tensor, array_value_range, detect_range, image_size, layout_of, open_array_file,
+from ganaudit.sources.arrays import (
+    ArrayFile, array_to_tensor, array_value_range, image_size, layout_of, open_array_file,
 )
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ import torch
 
 from ganaudit.batching import is_out_of_memory
 from ganaudit.errors import GanauditError
-from ganaudit.sources.datasets import detect_range
+from ganaudit.sources.arrays import detect_range
 from ganaudit.sources.signatures import (
     check_conditional, signature_of_module, signature_of_program, truncation_kwargs,
 )
