@@ -97,38 +97,45 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
                    if config.holdout else None)
         source = open_generated(config, device)
         embedder = create_embedder(config.embedder, device, config.weights)
+        copy_embedder = create_copy_embedder(config, embedder, device)
     if len(train) < 3:
         raise GanauditError(f"--train {config.train}: needs at least 3 images, found {len(train)}")
 
     with _stage(timings, "embed_train"):
         cache_dir = None if config.no_cache else (config.cache_dir or default_cache_dir())
         train_feats = embed_image_set(train, embedder, config.batch_size, cache_dir, "embedding train", config.progress)
+        train_copy_feats = train_feats if copy_embedder is embedder else embed_image_set(
+            train, copy_embedder, config.batch_size, cache_dir, f"embedding train ({copy_embedder.spec.name})",
+            config.progress)
     with _stage(timings, "index"):
-        index = build_index(train_feats, embedder.spec.metric, config.index, config.approx_above, config.seed)
-    searcher = CopySearcher(index, embedder, config.tta, config.copy_k)
+        index = build_index(train_copy_feats, copy_embedder.spec.metric, config.index, config.approx_above, config.seed)
+    tta = config.tta if config.tta is not None else copy_embedder.spec.copy_tta
+    searcher = CopySearcher(index, copy_embedder, tta, config.copy_k, embedder=embedder,
+                            rank_by=summary_metrics.rank_key(copy_embedder.spec, config))
     with _stage(timings, "sample_embed_search"):
-        gen_feats, gen_matches, gen_classes = search_all(source, searcher, config, "sampling + search")
+        gen_feats, gen_copy_feats, gen_matches, gen_classes = search_all(
+            source, searcher, config, "sampling + search", keep_copy_features=RECALL_QUERIES)
     with _stage(timings, "calibrate"):
         holdout_feats, reference, calibration = calibrate(train, holdout, searcher, config)
     with _stage(timings, "index_recall"):  # exact search of a sample: only costs for approximate indexes
-        index_info = {"kind": index.kind, "recall_at_1": recall_at_1(index, train_feats, gen_feats[:RECALL_QUERIES]),
-                      "n_recall_queries": min(RECALL_QUERIES, len(gen_feats))}
+        index_info = {"kind": index.kind, "recall_at_1": recall_at_1(index, train_copy_feats, gen_copy_feats),
+                      "n_recall_queries": len(gen_copy_feats)}
 
     with _stage(timings, "metrics"):
-        memorization = summary_metrics.memorization_summary(
+        memorization, flagged = summary_metrics.memorization_summary(
             gen_matches, reference, calibration, source, train, config,
-            train_feats, holdout_feats, gen_feats,
+            train_feats, holdout_feats, gen_feats, copy_embedder.spec,
         )
         memorization["index"] = index_info
+        memorization["copy_embedder"] = _embedder_info(copy_embedder, device) | {"tta": list(tta)}
         logits = embedder.class_logits(gen_feats) if hasattr(embedder, "class_logits") else None
         coverage = summary_metrics.coverage_summary(train, train_feats, gen_feats, gen_matches, config, logits)
         if gen_classes is not None:
             memorization["per_class"], coverage["per_class"] = summary_metrics.per_class_summary(
-                gen_classes, gen_matches, memorization["threshold"], train, train_feats, gen_feats, config)
+                gen_classes, gen_matches, flagged, train, train_feats, gen_feats, config)
     result = AuditResult(
         verdict="pass", gates=[], memorization=memorization, coverage=coverage,
-        embedder=asdict(embedder.spec) | {"device": str(device), "weights_sha256": embedder.weights_sha256(),
-                                          "weights_path": str(embedder.weights_path) if embedder.weights_path else None},
+        embedder=_embedder_info(embedder, device),
         generator=_generator_info(source, config),
         train=_set_info(train), holdout=_set_info(holdout) if holdout else None,
         config=_config_info(config), timings=timings, versions=versions(),
@@ -136,6 +143,22 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     apply_gates(result, config, baseline)
     timings["total"] = round(time.perf_counter() - started, 3)
     return result, AuditContext(source, train, holdout)
+
+
+def create_copy_embedder(config: AuditConfig, embedder, device: torch.device):
+    """The embedder copy search uses: ``--copy-embedder``, or with ``auto`` the embedder's
+    declared copy descriptor (``spec.copy_embedder``), else the embedder itself."""
+    name = config.copy_embedder
+    if name == "auto":
+        name = embedder.spec.copy_embedder or config.embedder
+    if name == config.embedder and config.copy_weights is None:
+        return embedder
+    return create_embedder(name, device, config.copy_weights)
+
+
+def _embedder_info(embedder, device: torch.device) -> dict:
+    return asdict(embedder.spec) | {"device": str(device), "weights_sha256": embedder.weights_sha256(),
+                                    "weights_path": str(embedder.weights_path) if embedder.weights_path else None}
 
 
 def apply_gates(result: AuditResult, config: AuditConfig, baseline: AuditResult | None) -> None:
@@ -171,25 +194,36 @@ def compare_with_baseline(result: AuditResult, snapshot: dict, baseline: AuditRe
     return gating.evaluate_baseline(rules, lambda m: dig(snapshot, m), lambda m: dig(baseline_snapshot, m))
 
 
-def search_all(source, searcher: CopySearcher, config: AuditConfig, label: str, exclude_of=None):
+def search_all(source, searcher: CopySearcher, config: AuditConfig, label: str, exclude_of=None,
+               keep_copy_features: int = 0):
     """Embed and search every batch of ``source``.
 
+    Args:
+        keep_copy_features: also return the copy features of the first this many images.
+
     Returns:
-        ``(features (N, D), Matches, class labels (N,) or None)``; labels come from
-        conditional generators and labelled sample folders.
+        ``(features (N, D), copy features (at most keep_copy_features, D'), Matches, class
+        labels (N,) or None)``; labels come from conditional generators and labelled sample
+        folders.
     """
-    feats, parts, labels = [], [], []
+    feats, copy_feats, parts, labels = [], [], [], []
+    kept = 0
     class_labels = getattr(source, "class_labels", lambda _indices: None)
     with progress_bar(len(source), label, config.progress) as bar:
         for indices, batch in source.batches(config.batch_size):
             exclude = None if exclude_of is None else exclude_of[indices]
-            f, m = searcher(batch, exclude=exclude)
+            f, c, m = searcher(batch, exclude=exclude)
             feats.append(f)
+            if kept < keep_copy_features:
+                copy_feats.append(c[: keep_copy_features - kept])
+                kept += len(copy_feats[-1])
             parts.append(m)
             labels.append(class_labels(indices))
             bar.update(len(indices))
     has_labels = all(lab is not None for lab in labels)
-    return np.concatenate(feats), Matches.concatenate(parts), (np.concatenate(labels) if has_labels else None)
+    copy = np.concatenate(copy_feats) if copy_feats else np.empty((0, searcher.copy_embedder.spec.dim), np.float32)
+    return (np.concatenate(feats), copy, Matches.concatenate(parts),
+            np.concatenate(labels) if has_labels else None)
 
 
 class _Subset:
@@ -217,12 +251,12 @@ def calibrate(train, holdout, searcher: CopySearcher, config: AuditConfig):
         ``(holdout features or None, reference Matches, calibration info dict)``.
     """
     if holdout is not None:
-        feats, matches, _ = search_all(holdout, searcher, config, "calibrating on holdout")
+        feats, _, matches, _ = search_all(holdout, searcher, config, "calibrating on holdout")
         return feats, matches, {"method": "holdout", "n_reference": len(matches.score)}
     rng = np.random.default_rng(config.seed)
     n = min(len(train), config.calibration_max)
     chosen = np.sort(rng.choice(len(train), size=n, replace=False))
-    _, matches, _ = search_all(_Subset(train, chosen), searcher, config, "calibrating on train",
+    _, _, matches, _ = search_all(_Subset(train, chosen), searcher, config, "calibrating on train",
                                exclude_of=chosen)
     return None, matches, {"method": "train-leave-one-out", "n_reference": n}
 

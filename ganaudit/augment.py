@@ -2,31 +2,47 @@
 
 A generated sample is searched under each variant and its best match is kept; the same
 variants are applied to the calibration images, so the threshold accounts for the extra
-chances this gives every sample.
+chances this gives every sample. Variants are made one at a time, so a batch never holds
+more than one augmented copy of itself.
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
+AUGMENTATIONS = ("flip", "shift", "shift-grid", "zoom")
 SHIFT_PIXELS = 2
-
-
 GRID_PIXELS = 3
+ZOOM_PIXELS = (1, 2, 3)
 
 
-def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> list[tuple[str, torch.Tensor]]:
-    """Return ``[(name, images)]``: the identity first, then each requested family.
+def count(augmentations: tuple[str, ...]) -> int:
+    """How many variants (the identity included) ``variants`` yields."""
+    n = 1 + ("flip" in augmentations) + len(ZOOM_PIXELS) * ("zoom" in augmentations)
+    if "shift-grid" in augmentations:
+        return n + (2 * GRID_PIXELS + 1) ** 2 - 1
+    return n + 8 * ("shift" in augmentations)
 
-    ``"flip"`` adds the horizontal mirror. ``"shift"`` adds the 8 shifts by ``SHIFT_PIXELS``
-    (left, right, up, down and diagonal). ``"shift-grid"`` adds every shift of up to
-    ``GRID_PIXELS`` in each direction (48 variants): what a raw-pixel embedder needs to
-    re-align a copy moved by a few pixels, at 48 times the embedding cost. Distances are in
-    pixels of a 32×32 image and scale with the image width; edges are replicated.
+
+def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, images)``: the identity first, then each requested family.
+
+    Distances are in pixels of a 32×32 image and scale with the image width; edges are
+    replicated.
+
+    - ``"flip"``: the horizontal mirror.
+    - ``"shift"``: the 8 shifts by ``SHIFT_PIXELS`` (left, right, up, down and diagonal).
+    - ``"shift-grid"``: every shift of up to ``GRID_PIXELS`` in each direction (48 variants),
+      which re-aligns a copy moved by up to 3 pixels exactly; replaces ``"shift"``.
+    - ``"zoom"``: the image shrunk about its centre by ``c`` pixels on each side, for each
+      ``c`` in ``ZOOM_PIXELS``: undoes a centred crop of ``c`` pixels per side that was
+      resized back to the full frame ("slightly cropped").
     """
-    out = [("identity", images)]
+    yield "identity", images
     if "flip" in augmentations:
-        out.append(("hflip", images.flip(-1)))
+        yield "hflip", images.flip(-1)
     unit = max(1, round(images.shape[-1] / 32))
     offsets: list[tuple[int, int]] = []
     if "shift-grid" in augmentations:
@@ -36,8 +52,10 @@ def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> list[tuple
         offsets = [(dx, dy) for dy in (-SHIFT_PIXELS, 0, SHIFT_PIXELS)
                    for dx in (-SHIFT_PIXELS, 0, SHIFT_PIXELS) if (dx, dy) != (0, 0)]
     for dx, dy in offsets:
-        out.append((f"shift({dx:+d},{dy:+d})", shift(images, dx * unit, dy * unit)))
-    return out
+        yield f"shift({dx:+d},{dy:+d})", shift(images, dx * unit, dy * unit)
+    if "zoom" in augmentations:
+        for c in ZOOM_PIXELS:
+            yield f"zoom(-{c})", zoom_out(images, c * unit)
 
 
 def shift(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -47,3 +65,15 @@ def shift(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
     top, left = pad - dy, pad - dx
     return padded[..., top : top + h, left : left + w]
+
+
+def zoom_out(images: torch.Tensor, border: int) -> torch.Tensor:
+    """Shrink ``(B, C, H, W)`` images to ``(H - 2·border, W - 2·border)`` about the centre,
+    replicating the edges into the freed border: the inverse of cropping ``border`` pixels
+    from each side and resizing back."""
+    h, w = images.shape[-2:]
+    if 2 * border >= min(h, w):
+        raise ValueError(f"cannot zoom out by {border} pixels per side an image of {h}x{w}")
+    small = F.interpolate(images, size=(h - 2 * border, w - 2 * border), mode="bicubic",
+                          antialias=True, align_corners=False).clamp_(0.0, 1.0)
+    return F.pad(small, (border, border, border, border), mode="replicate")

@@ -63,7 +63,14 @@ def _add_check(p: argparse.ArgumentParser) -> None:
     run.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     run.add_argument("--batch-size", type=int, help="images per batch (default 128)")
     run.add_argument("--alpha", type=float, help="calibrated false-positive rate of leak flags (default 0.01)")
-    run.add_argument("--tta", help="test-time augmentations for copy search: comma list of flip,shift, or none")
+    run.add_argument("--tta", help="test-time augmentations for copy search: comma list of flip, shift, shift-grid, "
+                                   "zoom, or none (default: the copy embedder's, e.g. flip,shift)")
+    run.add_argument("--copy-embedder", help="features copy search uses (default auto: the embedder's copy descriptor, "
+                                             "e.g. pixels-copy for pixels; sscd for copy detection proper)")
+    run.add_argument("--copy-weights", type=Path, help="weights file for --copy-embedder")
+    run.add_argument("--copy-threshold", type=_copy_threshold,
+                     help="auto (published threshold if the copy embedder has one, else calibrated), calibrated, "
+                          "or an absolute value: cosine similarity (ip embedders) or distance (l2)")
     run.add_argument("--index", help="training-set search: flat (exact), ivf, hnsw, or auto (exact up to 1M images)")
     run.add_argument("--modes", type=int, help="cluster the training set into this many modes instead of using its labels")
     run.add_argument("--config", type=Path, help="a ganaudit.toml or pyproject.toml (default: found in the working directory)")
@@ -82,11 +89,21 @@ def _flags(args: argparse.Namespace) -> dict:
     names = ("generator", "samples", "train", "holdout", "z_dim", "arch", "arch_kwargs", "trust_checkpoint",
              "output_range", "embedder", "weights", "num_samples", "seed", "device", "batch_size", "alpha",
              "modes", "index", "baseline", "html", "json", "junit", "warn_only", "progress",
-             "cache_dir", "no_cache", "skip_corrupt", "num_classes", "class_weights", "truncation")
+             "cache_dir", "no_cache", "skip_corrupt", "num_classes", "class_weights", "truncation",
+             "copy_embedder", "copy_weights", "copy_threshold")
     flags = {name: getattr(args, name) for name in names}
     if args.tta is not None:
         flags["tta"] = () if args.tta.strip() == "none" else tuple(a.strip() for a in args.tta.split(",") if a.strip())
     return flags
+
+
+def _copy_threshold(text: str) -> float | str:
+    if text in ("auto", "calibrated"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, calibrated or a number; got {text!r}") from None
 
 
 def _float_list(text: str) -> tuple[float, ...]:

@@ -8,17 +8,19 @@ default in a CI gate.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ganaudit.augment import AUGMENTATIONS
 from ganaudit.errors import GanauditError
 from ganaudit.gate import baseline_rules_from_config, gates_from_config
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OUTPUT_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}
-AUGMENTATIONS = ("flip", "shift", "shift-grid")
+COPY_THRESHOLD_MODES = ("auto", "calibrated")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,12 @@ class AuditConfig:
     fdr_q: float = 0.05
     nearest_k: int = 5
     copy_k: int = 50  # neighbours the nearest distance is compared with (Carlini et al. 2023)
-    tta: tuple[str, ...] = ("flip", "shift")
+    tta: tuple[str, ...] | None = None  # None: the copy embedder's own default (its spec's copy_tta)
+    copy_embedder: str = "auto"  # features copy search uses; auto: the embedder's declared copy descriptor
+    copy_weights: Path | None = None  # weights file for a copy embedder other than the embedder
+    # auto: the copy embedder's published threshold if it has one, else calibrated from data;
+    # calibrated: always from data; a number: absolute, in the copy embedder's metric units.
+    copy_threshold: float | str = "auto"
     calibration_max: int = 5000
     index: str = "auto"  # flat (exact), ivf, hnsw, or auto: exact up to approx_above training images
     approx_above: int = 1_000_000
@@ -76,7 +83,7 @@ class AuditConfig:
             raise GanauditError("--train is required: the folder or .npz of training images")
         if (self.generator is None) == (self.samples is None):
             raise GanauditError("give exactly one of --generator (a checkpoint) or --samples (a folder or .npz of generated images)")
-        for name in ("train", "generator", "samples", "holdout", "weights", "baseline"):
+        for name in ("train", "generator", "samples", "holdout", "weights", "copy_weights", "baseline"):
             path = getattr(self, name)
             if path is not None and not Path(path).exists():
                 raise GanauditError(f"--{name} {path}: no such file or directory")
@@ -92,8 +99,11 @@ class AuditConfig:
         _check(self.nearest_k >= 1, f"nearest_k must be positive, got {self.nearest_k}")
         _check(self.index in ("auto", "flat", "ivf", "hnsw"), f"index must be auto, flat, ivf or hnsw, got {self.index!r}")
         _check(self.copy_k >= 1, f"copy_k must be positive, got {self.copy_k}")
-        bad = [a for a in self.tta if a not in AUGMENTATIONS]
+        bad = [a for a in (self.tta or ()) if a not in AUGMENTATIONS]
         _check(not bad, f"unknown test-time augmentation {bad}; choose from {', '.join(AUGMENTATIONS)} or none")
+        _check_copy_threshold(self.copy_threshold)
+        _check(self.copy_weights is None or self.copy_embedder != "auto",
+               "--copy-weights needs --copy-embedder NAME: the weights of that embedder")
         _check(self.kid_subsets >= 1, f"kid_subsets must be positive, got {self.kid_subsets}")
         _check(self.modes is None or self.modes >= 2, f"--modes must be at least 2, got {self.modes}")
         _check(0.0 < self.mode_min_share_ratio <= 1.0,
@@ -106,6 +116,15 @@ class AuditConfig:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise GanauditError(message)
+
+
+def _check_copy_threshold(value) -> None:
+    if isinstance(value, str):
+        _check(value in COPY_THRESHOLD_MODES,
+               f"copy_threshold must be auto, calibrated or a number, got {value!r}")
+    else:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+               f"copy_threshold must be auto, calibrated or a finite number, got {value!r}")
 
 
 def _check_generator_inputs(config: AuditConfig) -> None:
@@ -122,7 +141,7 @@ def _check_generator_inputs(config: AuditConfig) -> None:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
-_PATH_FIELDS = {"train", "generator", "samples", "holdout", "weights", "html", "json", "junit", "baseline", "cache_dir"}
+_PATH_FIELDS = {"train", "generator", "samples", "holdout", "weights", "copy_weights", "html", "json", "junit", "baseline", "cache_dir"}
 
 
 def find_config_file(start: Path) -> tuple[Path, dict] | None:
@@ -171,7 +190,9 @@ def resolve_config(file_values: dict[str, Any], flag_values: dict[str, Any], sou
     for name in _PATH_FIELDS & merged.keys():
         if merged[name] is not None:
             merged[name] = Path(merged[name])
-    if "tta" in merged:
+    if merged.get("tta") is not None:
+        if not isinstance(merged["tta"], (list, tuple)):
+            raise GanauditError(f"{source}: 'tta' must be a list of augmentation names, like [\"flip\", \"shift\"]")
         merged["tta"] = tuple(merged["tta"])
     return AuditConfig(**merged).validate()
 

@@ -22,19 +22,63 @@ HISTOGRAM_BINS = 40
 SAMPLE_GRID = 24
 
 
+def absolute_threshold(copy_spec, config: AuditConfig) -> tuple[float, str] | None:
+    """``(value, "user" or "published")`` when flags come from an absolute threshold, else None.
+
+    ``copy_threshold`` is ``auto`` (the copy embedder's published threshold if it has one,
+    else calibrated from data), ``calibrated`` or a number set by the user.
+    """
+    if isinstance(config.copy_threshold, str):
+        if config.copy_threshold == "auto" and copy_spec.copy_threshold is not None:
+            return float(copy_spec.copy_threshold), "published"
+        return None
+    value = float(config.copy_threshold)
+    if copy_spec.metric == "ip" and not -1.0 <= value <= 1.0:
+        raise GanauditError(f"--copy-threshold {value:g}: {copy_spec.name} compares by cosine similarity, "
+                            "so the threshold must lie in [-1, 1]")
+    if copy_spec.metric == "l2" and value < 0:
+        raise GanauditError(f"--copy-threshold {value:g}: {copy_spec.name} compares by distance, which is never negative")
+    return value, "user"
+
+
+def rank_key(copy_spec, config: AuditConfig) -> str:
+    """What picks each sample's best variant: the quantity its flag is decided on."""
+    if absolute_threshold(copy_spec, config) is None:
+        return "score"
+    return "similarity" if copy_spec.metric == "ip" else "distance"
+
+
 def memorization_summary(gen: Matches, reference: Matches, calibration: dict, source, train,
-                         config: AuditConfig, train_feats, holdout_feats, gen_feats) -> dict:
-    """The ``memorization`` section: per-sample flags, leaked examples, dataset-level figures."""
-    try:
-        threshold = copy_stats.calibrate_threshold(reference.score, config.alpha)
-    except ValueError:
-        need = int(np.ceil(1 / config.alpha)) - 1
-        raise GanauditError(
-            f"calibration has {len(reference.score)} reference images ({calibration['method']}); alpha={config.alpha:g} "
-            f"needs at least {need}: give a larger --holdout or a larger --alpha"
-        ) from None
+                         config: AuditConfig, train_feats, holdout_feats, gen_feats, copy_spec) -> dict:
+    """The ``memorization`` section: per-sample flags, leaked examples, dataset-level figures.
+
+    A sample is flagged when its score is below the threshold calibrated on the reference
+    scores; or, with an absolute threshold (``absolute_threshold``), when its cosine
+    similarity is at least it (``ip`` copy embedders) or its distance at most it (``l2``).
+    p-values always come from the reference scores.
+    """
+    absolute = absolute_threshold(copy_spec, config)
+    calibration = calibration | {"score": f"d1 / mean(d2..d{config.copy_k + 1}) to the training set",
+                                 "augmentations": gen.names}
+    if absolute is None:
+        try:
+            threshold = copy_stats.calibrate_threshold(reference.score, config.alpha)
+        except ValueError:
+            need = int(np.ceil(1 / config.alpha)) - 1
+            raise GanauditError(
+                f"calibration has {len(reference.score)} reference images ({calibration['method']}); alpha={config.alpha:g} "
+                f"needs at least {need}: give a larger --holdout or a larger --alpha"
+            ) from None
+        flagged = gen.score < threshold
+        calibration["threshold_on"] = "score"
+    else:
+        threshold, origin = absolute
+        on = "similarity" if copy_spec.metric == "ip" else "distance"
+        flagged = gen.similarity >= threshold if on == "similarity" else gen.distance <= threshold
+        calibration |= {"method": origin, "threshold_on": on, "p_value_reference": calibration["method"]}
+        if origin == "published":
+            calibration["threshold_source"] = copy_spec.copy_threshold_source
     p_values = copy_stats.empirical_p_values(gen.score, reference.score)
-    flagged = gen.score < threshold
     significant = copy_stats.benjamini_hochberg(p_values, q=config.fdr_q)
     n, n_flagged = len(gen.score), int(flagged.sum())
     order = np.flatnonzero(flagged)[np.argsort(gen.score[flagged], kind="stable")]
@@ -49,18 +93,17 @@ def memorization_summary(gen: Matches, reference: Matches, calibration: dict, so
         "fdr_q": config.fdr_q,
         "threshold": threshold,
         "alpha": config.alpha,
-        "calibration": calibration | {"score": f"d1 / mean(d2..d{config.copy_k + 1}) to the training set",
-                                      "augmentations": gen.names},
+        "calibration": calibration,
         "flagged": entries,
         "leaked_train_examples": [{"train_index": int(t), "train_path": train.describe(int(t)), "count": int(c)}
                                   for t, c in leaked],
-        "score_histogram": _histogram(gen.score, reference.score, threshold),
+        "score_histogram": _histogram(gen.score, reference.score, threshold if absolute is None else None),
         "ct_statistic": None, "authenticity": None, "mia_auc": None,
     }
     out["authenticity"] = mem.authenticity(train_feats, gen_feats)
     if holdout_feats is not None:
         out.update(_holdout_metrics(train_feats, holdout_feats, gen_feats, config))
-    return out
+    return out, flagged
 
 
 def _flag_entry(i: int, gen: Matches, p_values, significant, source, train) -> dict:
@@ -74,7 +117,7 @@ def _flag_entry(i: int, gen: Matches, p_values, significant, source, train) -> d
     }
 
 
-def _histogram(scores: np.ndarray, reference: np.ndarray, threshold: float) -> dict:
+def _histogram(scores: np.ndarray, reference: np.ndarray, threshold: float | None) -> dict:
     high = float(np.quantile(np.concatenate([scores, reference]), 0.995)) or 1.0
     edges = np.linspace(0.0, high, HISTOGRAM_BINS + 1)
     gen_counts, _ = np.histogram(np.clip(scores, 0, high), edges)
@@ -168,7 +211,7 @@ def _modes(train, train_feats, gen_feats, config: AuditConfig) -> dict:
     return {"source": source, "min_share_ratio": config.mode_min_share_ratio, **summary}, gen_labels
 
 
-def per_class_summary(gen_classes: np.ndarray, gen: Matches, threshold: float, train, train_feats: np.ndarray,
+def per_class_summary(gen_classes: np.ndarray, gen: Matches, flagged: np.ndarray, train, train_feats: np.ndarray,
                       gen_feats: np.ndarray, config: AuditConfig) -> tuple[list[dict], list[dict]]:
     """Per generated class: the flagged fraction, and PRDC against that class's training images.
 
@@ -183,7 +226,7 @@ def per_class_summary(gen_classes: np.ndarray, gen: Matches, threshold: float, t
     names = train.class_names
     for c in np.unique(gen_classes):
         mask = gen_classes == c
-        n, n_flagged = int(mask.sum()), int((gen.score[mask] < threshold).sum())
+        n, n_flagged = int(mask.sum()), int(flagged[mask].sum())
         name = names[c] if c < len(names) else str(c)
         mem_rows.append({"class": int(c), "name": name, "n_samples": n, "n_flagged": n_flagged,
                          "flagged_fraction": n_flagged / n})

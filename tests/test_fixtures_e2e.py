@@ -75,15 +75,11 @@ def test_leaks_are_found_with_the_training_image_they_copy(audits):
     planted = _planted_leaks(manifest)
     flagged = {f["sample_index"]: f for f in result["memorization"]["flagged"]}
     found = [i for i in planted if i in flagged]
-    # Raw pixels miss JPEG copies and most 3-px diagonal shifts (see the per-transform test).
-    assert len(found) / len(planted) >= 0.6, "recall of planted leaks"
+    assert len(found) / len(planted) >= 0.95, "recall of planted leaks"
     false_flags = [i for i in flagged if i not in planted]
     assert len(false_flags) <= 0.02 * (NUM_SAMPLES - len(planted)), "false flags among generated samples"
     right = [i for i in found if flagged[i]["train_path"] == planted[i]["train_path"]]
     assert len(right) / len(found) >= 0.95, "flagged samples name the training image they copy"
-
-
-PIXELS_MISS = "the pixels embedder cannot see through it (a copy-detection embedder such as sscd is needed)"
 
 
 def _caught(result: dict, transform: str) -> tuple[int, int]:
@@ -94,23 +90,10 @@ def _caught(result: dict, transform: str) -> tuple[int, int]:
     return sum(i in flagged for i in planted), len(planted)
 
 
-@pytest.mark.parametrize("transform, share", [
-    ("exact", 0.95), ("hflip", 0.9), ("noise", 0.8), ("brightness", 0.5),
-    pytest.param("shift", 0.8, marks=pytest.mark.xfail(strict=True, reason="3-px diagonal shifts: " + PIXELS_MISS
-                                                                         + "; --tta shift-grid catches them")),
-    pytest.param("jpeg", 0.8, marks=pytest.mark.xfail(strict=True, reason="JPEG q70: " + PIXELS_MISS)),
-])
-def test_each_transformation_is_caught(audits, transform, share):
+@pytest.mark.parametrize("transform", ["exact", "hflip", "shift", "noise", "jpeg", "brightness"])
+def test_each_transformation_is_caught(audits, transform):
     caught, planted = _caught(audits["leaky"][1], transform)
-    assert caught / planted >= share, f"{caught} of {planted} {transform} copies caught"
-
-
-@pytest.mark.slow
-def test_shift_grid_realigns_shifted_copies(tmp_path):
-    out = tmp_path / "r.json"
-    run_cli("check", "--generator", GENERATORS / "leaky.pt2", *COMMON, "--tta", "flip,shift-grid", "--json", out)
-    caught, planted = _caught(json.loads(out.read_text()), "shift")
-    assert caught / planted >= 0.9
+    assert caught / planted >= 0.95, f"{caught} of {planted} {transform} copies caught"
 
 
 def test_json_has_the_fields_of_the_contract(audits):

@@ -32,6 +32,10 @@ class EmbedderSpec:
         gpu_autocast: run under bf16 (fp16 where bf16 is missing) autocast on CUDA. Never used
             on CPU, where reduced precision is slower.
         copy_threshold_source: where ``copy_threshold`` is published.
+        copy_embedder: registry name of the embedder whose features copy search uses when
+            this one is chosen (``--copy-embedder auto``); None: these features themselves.
+        copy_tta: the test-time augmentations copy search uses with these features unless
+            ``--tta`` says otherwise.
     """
 
     name: str
@@ -46,6 +50,8 @@ class EmbedderSpec:
     resize: str = "bicubic-antialias"
     gpu_autocast: bool = True
     copy_threshold_source: str | None = None
+    copy_embedder: str | None = None
+    copy_tta: tuple[str, ...] = ("flip", "shift")
 
 
 class Embedder:

@@ -2,6 +2,14 @@
 from __future__ import annotations
 
 
+def _threshold_words(mem: dict) -> str:
+    cal = mem["calibration"]
+    if cal.get("threshold_on", "score") == "score":
+        return f"calibrated on {cal['method']}, alpha {mem['alpha']:g}"
+    sign = ">=" if cal["threshold_on"] == "similarity" else "<="
+    return f"{cal['method']} threshold: {cal['threshold_on']} {sign} {mem['threshold']:g}"
+
+
 def render_summary(result, config) -> str:
     mem, cov = result.memorization, result.coverage
     modes = cov["modes"]
@@ -10,7 +18,7 @@ def render_summary(result, config) -> str:
         f"ganaudit: {result.verdict.upper()}  {subject}  "
         f"({mem['n_samples']} samples vs {result.train['n_images']} training images, embedder {result.embedder['name']})",
         f"  leaks     {mem['n_flagged']} of {mem['n_samples']} samples flagged ({mem['flagged_fraction']:.1%}; "
-        f"calibrated on {mem['calibration']['method']}, alpha {mem['alpha']:g}), "
+        + _threshold_words(mem) + "), "
         f"{len(mem['leaked_train_examples'])} training images copied",
         f"  modes     {modes['covered']}/{modes['total']} covered ({modes['source']})"
         + (f"; missing: {', '.join(map(str, modes['missing'][:6]))}{' …' if len(modes['missing']) > 6 else ''}"

@@ -1,0 +1,209 @@
+"""Copy search: the pixels copy descriptor, the test-time augmentations, absolute thresholds."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import FIXTURES, load_folder_as_tensor, run_cli
+from ganaudit import augment
+from ganaudit.config import AuditConfig
+from ganaudit.copysearch import CopySearcher, Matches, _keep_best
+from ganaudit.embedders import create_embedder
+from ganaudit.embedders.pixels import COPY_BLUR_SIGMA, blur_matrix, gaussian_taps
+from ganaudit.index import FlatIndex
+from ganaudit.metrics.copy_stats import calibrate_threshold
+from ganaudit import summary_metrics
+
+
+def _reference_descriptor(x: torch.Tensor) -> np.ndarray:
+    """pixels-copy written out independently: replicate-padded Gaussian convolution, centring, unit norm."""
+    taps = gaussian_taps(COPY_BLUR_SIGMA).float()
+    r = taps.numel() // 2
+    y = F.pad(x, (r, r, r, r), mode="replicate")
+    y = F.conv2d(y, taps.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+    y = F.conv2d(y, taps.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+    y = y - y.mean(dim=(2, 3), keepdim=True)
+    return F.normalize(y.flatten(1), dim=1).numpy()
+
+
+def test_pixels_copy_is_a_blurred_centred_unit_image():
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    feats = create_embedder("pixels-copy", "cpu").embed(x)
+    np.testing.assert_allclose(feats, _reference_descriptor(x), atol=2e-6)
+    matrix = blur_matrix(32, COPY_BLUR_SIGMA)
+    np.testing.assert_allclose(matrix.sum(1).numpy(), 1.0, atol=1e-6)
+
+
+def test_pixels_copy_ignores_brightness_and_contrast():
+    x = 0.1 + 0.6 * torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    embed = create_embedder("pixels-copy", "cpu").embed
+    np.testing.assert_allclose(embed(x * 1.15), embed(x), atol=2e-6)  # brighter, no clipping
+    np.testing.assert_allclose(embed(x + 0.1), embed(x), atol=2e-6)  # a constant offset
+    assert np.abs(embed(x.flip(-1)) - embed(x)).max() > 0.01  # but not a different picture
+
+
+def test_pixels_declares_its_copy_descriptor_and_its_augmentations():
+    pixels = create_embedder("pixels", "cpu")
+    assert pixels.spec.copy_embedder == "pixels-copy"
+    assert create_embedder("pixels-copy", "cpu").spec.copy_tta == ("flip", "shift-grid", "zoom")
+
+
+@pytest.mark.parametrize("augs", [(), ("flip",), ("shift",), ("flip", "shift"), ("shift-grid",),
+                                  ("flip", "shift-grid", "zoom"), ("zoom",)])
+def test_variant_count_and_names(augs):
+    x = torch.rand(2, 3, 32, 32)
+    out = list(augment.variants(x, augs))
+    assert len(out) == augment.count(augs)
+    assert out[0][0] == "identity" and len({name for name, _ in out}) == len(out)
+    assert all(v.shape == x.shape for _, v in out)
+
+
+def test_shifts_invert_and_zoom_undoes_a_centred_crop():
+    img = load_folder_as_tensor(FIXTURES / "data" / "train" / "circle_red")[:8]
+    back = augment.shift(augment.shift(img, 3, -2), -3, 2)
+    torch.testing.assert_close(back[..., 3:-3, 3:-3], img[..., 3:-3, 3:-3])
+    for c in (1, 2, 3):
+        cropped = F.interpolate(img[..., c:-c, c:-c], size=32, mode="bicubic", antialias=True,
+                                align_corners=False).clamp(0, 1)
+        restored = augment.zoom_out(cropped, c)
+        inner = (slice(None), slice(None), slice(c + 1, -c - 1), slice(c + 1, -c - 1))
+        error = (restored - img)[inner].abs().mean()
+        assert error < 0.5 * (cropped - img)[inner].abs().mean(), c
+    with pytest.raises(ValueError, match="cannot zoom out"):
+        augment.zoom_out(img, 16)
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    """The fixture dataset's images, its copy features and a searcher as the audit builds it."""
+    train = load_folder_as_tensor(FIXTURES / "data" / "train")
+    holdout = load_folder_as_tensor(FIXTURES / "data" / "holdout")
+    copy = create_embedder("pixels-copy", "cpu")
+    index = FlatIndex(copy.embed(train), copy.spec.metric)
+    searcher = CopySearcher(index, copy, copy.spec.copy_tta, nearest_k=50, embedder=create_embedder("pixels", "cpu"))
+    return train, holdout, searcher
+
+
+def test_slightly_cropped_copies_are_found(shapes):
+    train, holdout, searcher = shapes
+    threshold = calibrate_threshold(searcher(holdout)[2].score, alpha=0.01)
+    picked = np.random.default_rng(0).choice(len(train), 60, replace=False)
+    for c, share in ((1, 0.95), (2, 0.85), (3, 0.6)):
+        cropped = F.interpolate(train[picked][..., c:-c, c:-c], size=32, mode="bicubic", antialias=True,
+                                align_corners=False).clamp(0, 1)
+        _, _, found = searcher(cropped)
+        caught = (found.score < threshold) & (found.train_index == picked)
+        assert caught.mean() >= share, f"crop {c}px: {caught.sum()} of {len(picked)}"
+        assert {found.names[a] for a in found.augmentation[caught]} & {f"zoom(-{c})"}
+
+
+def test_images_of_the_distribution_are_flagged_at_rate_alpha(shapes):
+    """A perfect generator: half the holdout calibrates, the other half is 'generated'."""
+    _, holdout, searcher = shapes
+    order = np.random.default_rng(1).permutation(len(holdout))
+    reference, fresh = searcher(holdout[order[:240]])[2].score, searcher(holdout[order[240:]])[2].score
+    alpha = 0.05
+    flagged = (fresh < calibrate_threshold(reference, alpha)).mean()
+    assert abs(flagged - alpha) < 4 * np.sqrt(alpha * (1 - alpha) * (1 / 240 + 1 / 240))
+
+
+def test_search_returns_both_feature_sets(shapes):
+    train, _, searcher = shapes
+    feats, copy_feats, matches = searcher(train[:5])
+    np.testing.assert_array_equal(feats, train[:5].flatten(1).numpy())
+    np.testing.assert_allclose(np.linalg.norm(copy_feats, axis=1), 1.0, atol=1e-5)
+    assert (matches.train_index == np.arange(5)).all() and matches.names[0] == "identity"
+
+
+def _matches(score, distance, similarity) -> Matches:
+    n = len(score)
+    return Matches(np.array(score, float), np.array(distance, float), np.array(similarity, float),
+                   np.arange(n), np.zeros(n, np.int16), ["identity"])
+
+
+def test_best_variant_is_picked_by_the_flagged_quantity():
+    a, b = _matches([0.5, 0.2], [1.0, 1.0], [0.1, 0.9]), _matches([0.3, 0.4], [0.5, 2.0], [0.8, 0.2])
+    assert _keep_best(_copy(a), b, "score").score.tolist() == [0.3, 0.2]
+    assert _keep_best(_copy(a), b, "similarity").similarity.tolist() == [0.8, 0.9]
+    assert _keep_best(_copy(a), b, "distance").distance.tolist() == [0.5, 1.0]
+    with pytest.raises(ValueError, match="rank_by"):
+        CopySearcher(FlatIndex(np.eye(4, dtype=np.float32)), None, (), 1, rank_by="p")
+
+
+def _copy(m: Matches) -> Matches:
+    return Matches(m.score.copy(), m.distance.copy(), m.similarity.copy(), m.train_index.copy(),
+                   m.augmentation.copy(), list(m.names))
+
+
+def _spec(metric: str, published: float | None = None):
+    return SimpleNamespace(name="x", metric=metric, copy_threshold=published, copy_threshold_source="paper")
+
+
+def test_absolute_thresholds_come_from_the_user_or_the_embedder():
+    assert summary_metrics.absolute_threshold(_spec("ip", 0.75), AuditConfig()) == (0.75, "published")
+    assert summary_metrics.absolute_threshold(_spec("ip", 0.75), AuditConfig(copy_threshold="calibrated")) is None
+    assert summary_metrics.absolute_threshold(_spec("l2"), AuditConfig()) is None
+    assert summary_metrics.absolute_threshold(_spec("l2"), AuditConfig(copy_threshold=0.3)) == (0.3, "user")
+    assert summary_metrics.rank_key(_spec("ip", 0.75), AuditConfig()) == "similarity"
+    assert summary_metrics.rank_key(_spec("l2"), AuditConfig(copy_threshold=0.3)) == "distance"
+    with pytest.raises(Exception, match=r"must lie in \[-1, 1\]"):
+        summary_metrics.absolute_threshold(_spec("ip"), AuditConfig(copy_threshold=2.0))
+
+
+class _Images:
+    def __len__(self):
+        return 3
+
+    def describe(self, i):
+        return f"img{i}"
+
+
+def test_an_absolute_threshold_flags_by_similarity():
+    gen = _matches([0.9, 0.1, 0.8], [0.1, 0.5, 0.3], [0.99, 0.7, 0.8])
+    reference = _matches(list(np.linspace(0.2, 1.0, 200)), [1.0] * 200, [0.5] * 200)
+    images = _Images()
+    source = SimpleNamespace(describe=lambda i: {"seed": [0, i]})
+    feats = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    out, flagged = summary_metrics.memorization_summary(
+        gen, reference, {"method": "holdout", "n_reference": 200}, source, images,
+        AuditConfig(copy_threshold=0.8), np.random.default_rng(1).normal(size=(10, 4)).astype(np.float32),
+        None, feats, _spec("ip"))
+    assert flagged.tolist() == [True, False, True]
+    assert out["threshold"] == 0.8 and out["calibration"]["method"] == "user"
+    assert out["calibration"]["threshold_on"] == "similarity"
+    assert out["calibration"]["p_value_reference"] == "holdout"
+    assert out["score_histogram"]["threshold"] is None
+
+
+def test_cli_copy_embedder_and_threshold(tiny_sets, tmp_path):
+    out = tmp_path / "r.json"
+    common = ("--generator", tiny_sets["copy_gen"], "--train", tiny_sets["train"], "--holdout", tiny_sets["holdout"],
+              "--num-samples", "60", "--json", out)
+    code, _, _ = run_cli("check", *common, "--copy-embedder", "pixels", "--tta", "flip")
+    import json
+
+    mem = json.loads(out.read_text())["memorization"]
+    assert code == 1 and mem["copy_embedder"]["name"] == "pixels" and mem["copy_embedder"]["tta"] == ["flip"]
+    assert mem["calibration"]["augmentations"] == ["identity", "hflip"]
+    code, _, _ = run_cli("check", *common, "--copy-threshold", "0.999")
+    mem = json.loads(out.read_text())["memorization"]
+    assert mem["copy_embedder"]["name"] == "pixels-copy" and mem["calibration"]["method"] == "user"
+    assert all(f["similarity"] >= 0.999 for f in mem["flagged"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--copy-threshold", "high"), "expected auto, calibrated or a number"),
+    (("--copy-threshold", "1.5"), "must lie in [-1, 1]"),
+    (("--copy-embedder", "nope"), "unknown embedder 'nope'"),
+    (("--copy-weights", "README.md"), "--copy-weights needs --copy-embedder"),
+    (("--copy-embedder", "pixels-copy", "--copy-weights", "README.md"), "has no weights"),
+    (("--tta", "flip,rotate"), "unknown test-time augmentation"),
+])
+def test_bad_copy_search_flags_are_one_line_errors(tiny_sets, capsys, flags, message):
+    code, _, err = run_cli("check", "--generator", tiny_sets["copy_gen"], "--train", tiny_sets["train"],
+                           "--num-samples", "20", *flags, capsys=capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
