@@ -134,3 +134,21 @@ def test_torchscript_and_export_fixtures_give_the_same_samples():
         a = load_generator(GENERATORS / f"{name}.pt2", torch.device("cpu")).sample(indices, SEED)
         b = load_generator(GENERATORS / f"{name}.torchscript.pt", torch.device("cpu")).sample(indices, SEED)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_fresh_images_of_the_training_distribution_are_flagged_at_rate_alpha(tmp_path):
+    """A perfect generator: new draws of the fixture dataset (another seed), audited as samples."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(FIXTURES / "make_dataset.py"), "--out", str(tmp_path / "fresh"), "--seed", "7"],
+                   check=True, capture_output=True)
+    out, alpha = tmp_path / "r.json", 0.05
+    code, _, _ = run_cli("check", "--samples", tmp_path / "fresh" / "train", "--train", FIXTURES / "data" / "train",
+                         "--holdout", FIXTURES / "data" / "holdout", "--alpha", str(alpha), "--json", out)
+    mem = json.loads(out.read_text())["memorization"]
+    n, n_ref = mem["n_samples"], mem["calibration"]["n_reference"]
+    assert code == 0 and n == 1440 and n_ref == 480
+    # The threshold's noise and the flags' noise: two binomial variances; 4 standard deviations.
+    assert abs(mem["flagged_fraction"] - alpha) < 4 * math.sqrt(alpha * (1 - alpha) * (1 / n + 1 / n_ref))
