@@ -3,6 +3,7 @@ import warnings
 import numpy as np
 import pytest
 
+from ganaudit.metrics import fid
 from ganaudit.metrics.fid import (
     features_to_statistics,
     frechet_distance,
@@ -48,8 +49,10 @@ def test_low_rank_route_equals_covariance_route(n, m, d):
     assert frechet_distance(real, fake) == pytest.approx(via_statistics, rel=1e-9)
 
 
-def test_statistics_match_numpy():
-    x = _correlated(np.random.default_rng(0), 9000, 12, shift=3.0)  # > one row block
+@pytest.mark.parametrize("block_rows", [1000, 16384])  # several row blocks, and one
+def test_statistics_match_numpy(monkeypatch, block_rows):
+    monkeypatch.setattr(fid, "_STATISTICS_BLOCK_ROWS", block_rows)
+    x = _correlated(np.random.default_rng(0), 9000, 12, shift=3.0)
     mu, sigma = features_to_statistics(x)
     assert mu.dtype == sigma.dtype == np.float64 and sigma.shape == (12, 12)
     np.testing.assert_allclose(mu, x.astype(np.float64).mean(axis=0), rtol=1e-12, atol=1e-12)
@@ -63,11 +66,12 @@ def test_identical_inputs_give_zero(n, d):
     assert abs(frechet_distance(x, x.copy())) < 1e-6 * scale
 
 
-def test_closed_form_for_diagonal_gaussians():
+@pytest.mark.parametrize("singular", ["sigma2", "sigma1"])  # Cholesky route, eigh fallback
+def test_closed_form_for_diagonal_gaussians(singular):
     rng = np.random.default_rng(2)
     mu1, mu2 = rng.normal(size=20), rng.normal(size=20)
     var1, var2 = rng.uniform(0.1, 4.0, size=20), rng.uniform(0.0, 4.0, size=20)
-    var2[:3] = 0.0  # rank-deficient second covariance
+    (var2 if singular == "sigma2" else var1)[:3] = 0.0  # a rank-deficient covariance
     expected = np.sum((mu1 - mu2) ** 2) + np.sum(var1 + var2 - 2 * np.sqrt(var1 * var2))
     result = statistics_to_frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2))
     assert result == pytest.approx(expected, rel=1e-10)
