@@ -20,9 +20,9 @@ from ganaudit import gate as gating
 from ganaudit.config import OUTPUT_RANGES, AuditConfig
 from ganaudit.copysearch import CopySearcher, Matches
 from ganaudit.embedders import create_embedder
-from ganaudit.embedders.cache import default_cache_dir, embed_image_set
+from ganaudit.embedders.cache import default_cache_dir, embed_image_set, entry_dir
 from ganaudit.errors import GanauditError
-from ganaudit.index import build_index, recall_at_1
+from ganaudit.index import build_index, faiss_gpu_id, recall_at_1
 from ganaudit.progress import progress_bar
 from ganaudit.result import AuditResult, dig
 from ganaudit.sources.datasets import open_image_set
@@ -108,7 +108,9 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
             train, copy_embedder, config.batch_size, cache_dir, f"embedding train ({copy_embedder.spec.name})",
             config.progress)
     with _stage(timings, "index"):
-        index = build_index(train_copy_feats, copy_embedder.spec.metric, config.index, config.approx_above, config.seed)
+        index = build_index(train_copy_feats, copy_embedder.spec.metric, config.index, config.approx_above,
+                            config.seed, gpu=faiss_gpu_id(device),
+                            cache_dir=entry_dir(cache_dir, train, copy_embedder) if cache_dir else None)
     tta = config.tta if config.tta is not None else copy_embedder.spec.copy_tta
     searcher = CopySearcher(index, copy_embedder, tta, config.copy_k, embedder=embedder,
                             rank_by=summary_metrics.rank_key(copy_embedder.spec, config))
@@ -118,7 +120,8 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     with _stage(timings, "calibrate"):
         holdout_feats, reference, calibration = calibrate(train, holdout, searcher, config)
     with _stage(timings, "index_recall"):  # exact search of a sample: only costs for approximate indexes
-        index_info = {"kind": index.kind, "recall_at_1": recall_at_1(index, train_copy_feats, gen_copy_feats),
+        index_info = {"kind": index.kind, "device": index.device, "cached": index.cached,
+                      "recall_at_1": recall_at_1(index, train_copy_feats, gen_copy_feats),
                       "n_recall_queries": len(gen_copy_feats)}
 
     with _stage(timings, "metrics"):

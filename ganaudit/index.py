@@ -9,10 +9,20 @@ of the database.
 Metrics:
     ``"l2"``: Euclidean distance (not squared), ascending.
     ``"ip"``: inner product (cosine similarity for L2-normalised features), descending.
+
+GPU: with a GPU build of faiss (``faiss-gpu``) and a CUDA device, ``build_index(...,
+gpu=ID)`` searches on that GPU (IVF is trained there too; HNSW has no GPU form and stays on
+the CPU). :func:`faiss_gpu_id` says whether that is possible for a torch device.
+
+Approximate indexes cost a k-means (IVF) or a graph (HNSW) to build, so ``build_index`` can
+keep them in a file (``cache_path``): checksummed, written atomically, rebuilt when missing,
+unreadable or made for other data.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -40,8 +50,10 @@ class FlatIndex:
     """
 
     kind = "flat"
+    cached = False  # a flat index is a copy of its features: never read from a file
 
-    def __init__(self, database: np.ndarray, metric: str = "l2", block_size: int = DEFAULT_BLOCK_SIZE):
+    def __init__(self, database: np.ndarray, metric: str = "l2", block_size: int = DEFAULT_BLOCK_SIZE,
+                 gpu: int | None = None):
         import faiss
 
         if metric not in METRICS:
@@ -51,10 +63,13 @@ class FlatIndex:
             raise ValueError("database is empty")
         self.metric = metric
         self.ntotal, self.dim = database.shape
+        self.device, self._gpu_resources = _device_name(gpu), _gpu_resources(gpu)
         self._blocks = []
         for start in range(0, self.ntotal, block_size):
             block = database[start : start + block_size]
             index = faiss.IndexFlatIP(self.dim) if metric == "ip" else faiss.IndexFlatL2(self.dim)
+            if gpu is not None:
+                index = faiss.index_cpu_to_gpu(self._gpu_resources, gpu, index)
             index.add(block)
             self._blocks.append((start, index))
 
@@ -146,6 +161,46 @@ def _drop_excluded(
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 HNSW_NEIGHBOURS, HNSW_EF_SEARCH = 32, 128
 IVF_NPROBE = 32
+INDEX_CACHE_FORMAT = 1
+_INDEX_MAGIC = b"GAINDEX1\n"
+
+
+def faiss_gpu_id(device) -> int | None:
+    """The GPU faiss should search on for a torch ``device``, or None for the CPU.
+
+    None unless the device is CUDA and faiss is a GPU build that sees a GPU; a CUDA device
+    with faiss-cpu installed logs once how to get GPU search.
+    """
+    if getattr(device, "type", str(device).split(":")[0]) != "cuda":
+        return None
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        log.info("faiss has no GPU support here (faiss-cpu): the training index is searched on the CPU; "
+                 "install faiss-gpu for GPU search")
+        return None
+    index = getattr(device, "index", None)
+    return 0 if index is None else int(index)
+
+
+def _gpu_resources(gpu: int | None):
+    if gpu is None:
+        return None
+    import faiss
+
+    return faiss.StandardGpuResources()
+
+
+def _device_name(gpu: int | None) -> str:
+    return "cpu" if gpu is None else f"cuda:{gpu}"
+
+
+def _approx_params(kind: str, ntotal: int) -> dict:
+    """The parameters of an approximate index over ``ntotal`` rows (part of its cache key)."""
+    if kind == "hnsw":
+        return {"neighbours": HNSW_NEIGHBOURS, "ef_search": HNSW_EF_SEARCH}
+    nlist = int(max(1, min(4 * np.sqrt(ntotal), ntotal // 39)))
+    return {"nlist": nlist, "nprobe": min(nlist, IVF_NPROBE)}
 
 
 class ApproxIndex:
@@ -153,29 +208,68 @@ class ApproxIndex:
 
     For training sets too large for exact search to be quick. Its recall is not assumed:
     ``recall_at_1`` measures it against exact search on a sample of queries, and the audit
-    reports the figure.
+    reports the figure. Make one with :meth:`build` or :meth:`from_bytes`.
     """
 
-    def __init__(self, database: np.ndarray, metric: str = "l2", kind: str = "ivf", seed: int = 0):
+    cached = False  # True when read back from the index cache
+
+    def __init__(self, index, metric: str, kind: str, gpu: int | None = None, resources=None):
+        self._index, self.metric, self.kind = index, metric, kind
+        self.ntotal, self.dim = index.ntotal, index.d
+        self.device, self._gpu_resources = _device_name(gpu), resources
+
+    @classmethod
+    def build(cls, database: np.ndarray, metric: str = "l2", kind: str = "ivf", seed: int = 0,
+              gpu: int | None = None) -> "ApproxIndex":
+        """Train (IVF: k-means with ``seed``) and fill an index over ``database``."""
         import faiss
 
         database = _as_features(database, "database")
-        self.metric, self.kind = metric, kind
-        self.ntotal, self.dim = database.shape
+        dim = database.shape[1]
         faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+        params = _approx_params(kind, database.shape[0])
         if kind == "hnsw":
-            self._index = faiss.IndexHNSWFlat(self.dim, HNSW_NEIGHBOURS, faiss_metric)
-            self._index.hnsw.efSearch = HNSW_EF_SEARCH
+            if gpu is not None:
+                log.info("faiss has no GPU HNSW index: building and searching it on the CPU")
+                gpu = None
+            index = faiss.IndexHNSWFlat(dim, params["neighbours"], faiss_metric)
+            index.hnsw.efSearch = params["ef_search"]
         elif kind == "ivf":
-            nlist = int(max(1, min(4 * np.sqrt(self.ntotal), self.ntotal // 39)))
-            quantizer = faiss.IndexFlatIP(self.dim) if metric == "ip" else faiss.IndexFlatL2(self.dim)
-            self._index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss_metric)
-            self._index.cp.seed = seed
-            self._index.train(database)
-            self._index.nprobe = min(nlist, IVF_NPROBE)
+            quantizer = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss_metric)
+            index.cp.seed = seed
+            index.nprobe = params["nprobe"]
         else:
             raise ValueError(f"approximate index kind must be ivf or hnsw, got {kind!r}")
-        self._index.add(database)
+        resources = _gpu_resources(gpu)
+        if gpu is not None:
+            index = faiss.index_cpu_to_gpu(resources, gpu, index)
+        if kind == "ivf":
+            index.train(database)
+        index.add(database)
+        return cls(index, metric, kind, gpu, resources)
+
+    def to_bytes(self) -> bytes:
+        """The index in faiss's serialisation (a CPU copy when it lives on a GPU)."""
+        import faiss
+
+        cpu = self._index if self.device == "cpu" else faiss.index_gpu_to_cpu(self._index)
+        return faiss.serialize_index(cpu).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, metric: str, kind: str, gpu: int | None = None) -> "ApproxIndex":
+        import faiss
+
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        if kind == "ivf":
+            index.nprobe = _approx_params(kind, index.ntotal)["nprobe"]
+        elif kind == "hnsw":
+            index.hnsw.efSearch = HNSW_EF_SEARCH
+            gpu = None
+        resources = _gpu_resources(gpu)
+        if gpu is not None:
+            index = faiss.index_cpu_to_gpu(resources, gpu, index)
+        return cls(index, metric, kind, gpu, resources)
 
     def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Same contract as ``FlatIndex.search`` (approximate neighbours; -1 ids become misses)."""
@@ -193,15 +287,75 @@ class ApproxIndex:
 
 
 def build_index(database: np.ndarray, metric: str = "l2", kind: str = "auto",
-                approx_above: int = 1_000_000, seed: int = 0):
-    """Exact (FlatIndex) by default; IVF past ``approx_above`` rows with ``kind="auto"``."""
+                approx_above: int = 1_000_000, seed: int = 0, gpu: int | None = None,
+                cache_dir: Path | None = None):
+    """Exact (FlatIndex) by default; IVF past ``approx_above`` rows with ``kind="auto"``.
+
+    Args:
+        database: ``(N, D)`` float features.
+        metric: ``"l2"`` or ``"ip"``.
+        kind: ``"auto"``, ``"flat"``, ``"ivf"`` or ``"hnsw"``.
+        approx_above: with ``"auto"``, the row count above which IVF is used.
+        seed: IVF's k-means seed.
+        gpu: a GPU id from :func:`faiss_gpu_id`, or None for the CPU.
+        cache_dir: a folder that belongs to these features (their embedding-cache entry),
+            where an approximate index is kept between runs as ``index-<kind>.faiss``. A flat
+            index is only a copy of its features and is never written. The file also records
+            what the index was built with; it is rebuilt when that differs.
+
+    Returns:
+        A ``FlatIndex`` or ``ApproxIndex``; ``.cached`` says whether it came from the file.
+    """
     if kind not in INDEX_KINDS:
         raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {kind!r}")
     if kind == "auto":
         kind = "ivf" if database.shape[0] > approx_above else "flat"
     if kind == "flat":
-        return FlatIndex(database, metric)
-    return ApproxIndex(database, metric, kind, seed)
+        return FlatIndex(database, metric, gpu=gpu)
+    key = _index_key(database, metric, kind, seed)
+    path = Path(cache_dir) / f"index-{kind}.faiss" if cache_dir is not None else None
+    index = _read_cached_index(path, key, metric, kind, gpu) if path else None
+    if index is not None:
+        return index
+    index = ApproxIndex.build(database, metric, kind, seed, gpu)
+    if path:
+        _write_cached_index(path, key, index)
+    return index
+
+
+def _index_key(database: np.ndarray, metric: str, kind: str, seed: int) -> bytes:
+    import faiss
+
+    facts = (INDEX_CACHE_FORMAT, faiss.__version__, kind, metric, seed, database.shape,
+             sorted(_approx_params(kind, database.shape[0]).items()))
+    return hashlib.sha256(repr(facts).encode()).digest()
+
+
+def _read_cached_index(path: Path, key: bytes, metric: str, kind: str, gpu: int | None) -> ApproxIndex | None:
+    """The index stored at ``path`` if it is intact and was built with ``key``, else None."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    head = len(_INDEX_MAGIC) + 64
+    payload = data[head:]
+    intact = (data.startswith(_INDEX_MAGIC) and data[len(_INDEX_MAGIC):head - 32] == key
+              and hashlib.sha256(payload).digest() == data[head - 32:head])
+    if not intact:
+        log.warning("index cache %s is corrupt or was built for other data; rebuilding it", path)
+        return None
+    index = ApproxIndex.from_bytes(payload, metric, kind, gpu)
+    index.cached = True
+    return index
+
+
+def _write_cached_index(path: Path, key: bytes, index: ApproxIndex) -> None:
+    from ganaudit.embedders.cache import write_atomic_bytes
+
+    payload = index.to_bytes()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic_bytes(Path(path), _INDEX_MAGIC + key + hashlib.sha256(payload).digest() + payload)
+    log.info("cached the %s index in %s", index.kind, path)
 
 
 def recall_at_1(index, database: np.ndarray, queries: np.ndarray) -> float:
@@ -209,5 +363,6 @@ def recall_at_1(index, database: np.ndarray, queries: np.ndarray) -> float:
     if isinstance(index, FlatIndex):
         return 1.0
     _, approx = index.search(queries, 1)
-    _, exact = FlatIndex(database, index.metric).search(queries, 1)
+    gpu = None if index.device == "cpu" else int(index.device.split(":")[1])
+    _, exact = FlatIndex(database, index.metric, gpu=gpu).search(queries, 1)
     return float(np.mean(approx[:, 0] == exact[:, 0]))

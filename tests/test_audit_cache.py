@@ -29,3 +29,18 @@ def test_second_checkpoint_does_not_embed_the_training_set_again(tiny_sets, tmp_
     no_cache = audit_module.audit(AuditConfig(generator=Path(tiny_sets["copy_gen"]), no_cache=True, **common))
     assert train_batches[4] > 0 and train_batches[5] > 0
     assert no_cache.memorization["n_flagged"] == second.memorization["n_flagged"]
+
+
+def test_an_approximate_index_is_cached_beside_the_training_features(tiny_sets, tmp_path):
+    common = dict(generator=Path(tiny_sets["copy_gen"]), train=Path(tiny_sets["train"]),
+                  holdout=Path(tiny_sets["holdout"]), num_samples=60, tta=(), index="hnsw",
+                  cache_dir=tmp_path / "cache")
+    first = audit_module.audit(AuditConfig(**common))
+    second = audit_module.audit(AuditConfig(**common))
+    assert first.memorization["index"] | {"cached": True} == second.memorization["index"]
+    assert not first.memorization["index"]["cached"] and second.memorization["index"]["device"] == "cpu"
+    (written,) = (tmp_path / "cache").glob("features/*/index-hnsw.faiss")
+    assert list(written.parent.glob("chunk-*.bin"))  # the same entry as the features it indexes
+    assert second.memorization["n_flagged"] == first.memorization["n_flagged"]
+    uncached = audit_module.audit(AuditConfig(**common | {"no_cache": True, "cache_dir": None}))
+    assert not uncached.memorization["index"]["cached"]

@@ -89,3 +89,130 @@ def test_approximate_index_leave_one_out():
     index = build_index(x, kind="hnsw")
     _, idx = index.search(x[:100], 2, exclude=np.arange(100))
     assert not (idx == np.arange(100)[:, None]).any()
+
+
+def _clustered(seed, n=6_000, d=16):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, d)).astype(np.float32) * 4
+    return (centres[rng.integers(0, 40, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_is_cached_and_read_back(tmp_path, kind):
+    from ganaudit.index import build_index
+
+    x = _clustered(7)
+    built = build_index(x, kind=kind, cache_dir=tmp_path)
+    assert not built.cached and (tmp_path / f"index-{kind}.faiss").is_file()
+    again = build_index(x, kind=kind, cache_dir=tmp_path)
+    assert again.cached and again.kind == kind and again.ntotal == len(x)
+    d1, i1 = built.search(x[:200], 5)
+    d2, i2 = again.search(x[:200], 5)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
+
+
+def test_index_cache_is_rebuilt_when_corrupt_or_made_for_other_data(tmp_path, caplog):
+    from ganaudit.index import build_index
+
+    x = _clustered(8)
+    build_index(x, kind="ivf", cache_dir=tmp_path)
+    path = tmp_path / "index-ivf.faiss"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte in the payload
+    path.write_bytes(bytes(data))
+    assert not build_index(x, kind="ivf", cache_dir=tmp_path).cached
+    assert "corrupt" in caplog.text
+    assert build_index(x, kind="ivf", cache_dir=tmp_path).cached  # rewritten intact
+    other_seed = build_index(x, kind="ivf", seed=1, cache_dir=tmp_path)  # other k-means: other index
+    assert not other_seed.cached
+    fewer = build_index(x[:5_000], kind="ivf", seed=1, cache_dir=tmp_path)
+    assert not fewer.cached and fewer.ntotal == 5_000
+
+
+def test_flat_index_is_never_written(tmp_path):
+    from ganaudit.index import build_index
+
+    index = build_index(_clustered(9, n=500), kind="flat", cache_dir=tmp_path)
+    assert index.kind == "flat" and not index.cached and list(tmp_path.iterdir()) == []
+
+
+class _FakeGpuFaiss:
+    """Stands in for a GPU build of faiss: records what is moved to the GPU, keeps it on the CPU."""
+
+    def __init__(self, real, n_gpus=1):
+        self._real, self.n_gpus, self.moved = real, n_gpus, []
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def StandardGpuResources(self):  # noqa: N802 (faiss's name)
+        return "resources"
+
+    def get_num_gpus(self):
+        return self.n_gpus
+
+    def index_cpu_to_gpu(self, resources, device, index):
+        assert resources == "resources"
+        self.moved.append((device, type(index).__name__))
+        return index
+
+    def index_gpu_to_cpu(self, index):
+        return index
+
+
+@pytest.fixture()
+def fake_gpu_faiss(monkeypatch):
+    import sys
+
+    import faiss
+
+    fake = _FakeGpuFaiss(faiss)
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    return fake
+
+
+def test_gpu_is_used_only_for_cuda_devices_with_a_gpu_faiss(fake_gpu_faiss, monkeypatch):
+    import sys
+
+    import torch
+
+    from ganaudit.index import faiss_gpu_id
+
+    assert faiss_gpu_id(torch.device("cuda", 1)) == 1
+    assert faiss_gpu_id(torch.device("cuda")) == 0
+    assert faiss_gpu_id(torch.device("cpu")) is None
+    fake_gpu_faiss.n_gpus = 0  # a GPU build on a machine without a GPU
+    assert faiss_gpu_id(torch.device("cuda")) is None
+    monkeypatch.setitem(sys.modules, "faiss", fake_gpu_faiss._real)  # faiss-cpu: no GPU functions
+    assert faiss_gpu_id(torch.device("cuda")) is None
+
+
+def test_gpu_indexes_are_moved_to_the_gpu_and_cached_as_cpu_copies(fake_gpu_faiss, tmp_path):
+    from ganaudit.index import build_index, recall_at_1
+
+    x = _clustered(10)
+    flat = build_index(x, kind="flat", gpu=0)
+    assert flat.device == "cuda:0" and fake_gpu_faiss.moved == [(0, "IndexFlatL2")]
+    ivf = build_index(x, kind="ivf", gpu=0, cache_dir=tmp_path)
+    assert ivf.device == "cuda:0" and fake_gpu_faiss.moved[-1] == (0, "IndexIVFFlat")
+    assert 0.9 <= recall_at_1(ivf, x, x[:200]) <= 1.0  # its exact reference on the GPU too
+    assert fake_gpu_faiss.moved[-1] == (0, "IndexFlatL2")
+    again = build_index(x, kind="ivf", gpu=0, cache_dir=tmp_path)
+    assert again.cached and again.device == "cuda:0" and fake_gpu_faiss.moved[-1] == (0, "IndexIVFFlat")
+    hnsw = build_index(x, kind="hnsw", gpu=0)  # faiss has no GPU HNSW
+    assert hnsw.device == "cpu" and fake_gpu_faiss.moved[-1] == (0, "IndexIVFFlat")
+
+
+@pytest.mark.gpu
+def test_real_gpu_search_equals_cpu_search():
+    faiss = pytest.importorskip("faiss")
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        pytest.skip("needs faiss-gpu and a GPU")
+    from ganaudit.index import build_index
+
+    x = _clustered(11)
+    d_cpu, i_cpu = build_index(x, kind="flat").search(x[:500], 5)
+    d_gpu, i_gpu = build_index(x, kind="flat", gpu=0).search(x[:500], 5)
+    np.testing.assert_array_equal(i_cpu[:, 0], i_gpu[:, 0])
+    np.testing.assert_allclose(d_cpu, d_gpu, rtol=1e-4, atol=1e-4)

@@ -56,6 +56,12 @@ def cache_key(images, embedder: Embedder) -> tuple[str, dict]:
     return hashlib.sha256(blob).hexdigest(), material
 
 
+def entry_dir(cache_dir: Path, images, embedder: Embedder) -> Path:
+    """The folder of an image set's cache entry for ``embedder`` (what else belongs to those
+    features, such as their approximate search index, is kept there too)."""
+    return Path(cache_dir) / "features" / cache_key(images, embedder)[0]
+
+
 def embed_image_set(
     images,
     embedder: Embedder,
@@ -94,8 +100,7 @@ def embed_image_set(
             feats, filled = _embed_rows(images, embed, dim, np.arange(n), batch_size, bar)
             _forget_unreadable(images, filled)
             return feats[filled]
-        key, material = cache_key(images, embedder)
-        entry = _Entry(Path(cache_dir) / "features" / key, material, n, dim, chunk_size)
+        entry = _Entry(entry_dir(cache_dir, images, embedder), cache_key(images, embedder)[1], n, dim, chunk_size)
         feats = np.empty((n, dim), dtype=np.float32)
         filled = np.zeros(n, dtype=bool)
         n_cached = n_built = 0
@@ -164,7 +169,7 @@ class _Entry:
         for old in path.glob("chunk-*.bin"):
             old.unlink(missing_ok=True)
         self.chunk_size = chunk_size
-        _write_atomic(path / "entry.json", json.dumps(
+        write_atomic_bytes(path / "entry.json", json.dumps(
             {"material": material, "n": n, "dim": dim, "chunk_size": chunk_size, "created": time.time()},
             indent=1, sort_keys=True).encode())
 
@@ -200,7 +205,7 @@ class _Entry:
             return None
 
     def write_chunk(self, i: int, feats: np.ndarray, filled: np.ndarray) -> None:
-        _write_atomic(self.chunk_path(i), _encode_chunk(feats, filled))
+        write_atomic_bytes(self.chunk_path(i), _encode_chunk(feats, filled))
 
 
 def _encode_chunk(feats: np.ndarray, filled: np.ndarray) -> bytes:
@@ -227,7 +232,7 @@ def _decode_chunk(data: bytes, rows: int, dim: int) -> tuple[np.ndarray, np.ndar
     return feats, filled
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
