@@ -18,8 +18,6 @@ averaged over random subsets, as in torch-fidelity and clean-fid.
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import lapack
-from scipy.linalg.blas import dtrmm
 
 from ganaudit.metrics.coverage import _as_features, _check_same_dim
 
@@ -81,6 +79,9 @@ def _product_eigenvalues(sigma1: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
     or, when ``Σ1`` is not positive definite, ``sqrt(Σ1) Σ2 sqrt(Σ1)`` from an
     eigendecomposition of ``Σ1``. The eigensolvers read one triangle (the lower one).
     """
+    from scipy.linalg import lapack  # here, not at import: scipy.linalg takes a while to load
+    from scipy.linalg.blas import dtrmm
+
     # Symmetric inputs: a transpose is a Fortran-ordered view of the same matrix, no copy.
     lower, info = lapack.dpotrf(sigma1.T, lower=1, clean=0)
     if info == 0:
