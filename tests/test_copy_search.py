@@ -30,10 +30,19 @@ def _reference_descriptor(x: torch.Tensor) -> np.ndarray:
     return F.normalize(y.flatten(1), dim=1).numpy()
 
 
-def test_pixels_copy_is_a_blurred_centred_unit_image():
-    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    feats = create_embedder("pixels-copy", "cpu").embed(x)
-    np.testing.assert_allclose(feats, _reference_descriptor(x), atol=2e-6)
+@pytest.mark.parametrize("kind", ["noise", "fixture"])
+def test_pixels_copy_is_a_blurred_centred_unit_image(kind):
+    # The descriptor is the blurred image in another orthonormal basis (768 numbers, not
+    # 3072): its inner products, all that copy search uses, are the written-out reference's.
+    if kind == "noise":  # white noise: the most energy where the basis is truncated
+        x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    else:
+        x = load_folder_as_tensor(FIXTURES / "data" / "holdout")[::4]
+    feats = create_embedder("pixels-copy", "cpu").embed(x).astype(np.float64)
+    ref = _reference_descriptor(x).astype(np.float64)
+    assert feats.shape == (len(x), 768)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(feats @ feats.T, ref @ ref.T, atol=3e-6)
     matrix = blur_matrix(32, COPY_BLUR_SIGMA)
     np.testing.assert_allclose(matrix.sum(1).numpy(), 1.0, atol=1e-6)
 
