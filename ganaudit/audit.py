@@ -282,9 +282,10 @@ def _config_info(config: AuditConfig) -> dict:
 
 
 def versions() -> dict:
+    from importlib.metadata import version  # not `import sklearn`: 1.3 s of imports for a version string
+
     import faiss
-    import sklearn
 
     return {"ganaudit": ganaudit.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "faiss": faiss.__version__, "numpy": np.__version__, "sklearn": sklearn.__version__,
+            "faiss": faiss.__version__, "numpy": np.__version__, "sklearn": version("scikit-learn"),
             "platform": platform.platform()}

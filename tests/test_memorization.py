@@ -9,9 +9,11 @@ from ganaudit.metrics.copy_stats import (
     benjamini_hochberg,
     binomial_ci,
     calibrate_threshold,
+    average_ranks,
     cosine_to_distance,
     empirical_p_values,
     leaked_train_examples,
+    rank_auc,
     relative_nn_score,
 )
 from ganaudit.metrics.memorization import (
@@ -195,6 +197,31 @@ def test_binomial_ci_is_clopper_pearson(k, n, confidence):
 def test_binomial_ci_rejects_bad_input(k, n, confidence):
     with pytest.raises(ValueError):
         binomial_ci(k, n, confidence)
+
+
+@pytest.mark.parametrize("values", [
+    np.array([3.0, 1.0, 2.0]),
+    np.array([1.0, 1.0, 1.0, 1.0]),
+    np.array([2.5, 0.5, 2.5, 7.0, 0.5, 0.5, 9.0, 2.5]),
+    np.random.default_rng(0).integers(0, 6, size=500).astype(float),  # many ties
+    np.random.default_rng(1).normal(size=300),
+])
+def test_average_ranks_equal_scipy_rankdata(values):
+    from scipy.stats import rankdata
+
+    np.testing.assert_array_equal(average_ranks(values), rankdata(values))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rank_auc_equals_sklearn_roc_auc(seed):
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    pos = np.round(rng.normal(0.5, 1.0, size=120), 1)  # rounded: ties within and across classes
+    neg = np.round(rng.normal(0.0, 1.0, size=90), 1)
+    expected = roc_auc_score(np.r_[np.ones(120), np.zeros(90)], np.r_[pos, neg])
+    assert rank_auc(pos, neg) == pytest.approx(expected, abs=1e-12)
+    assert rank_auc(np.ones(3), np.zeros(4)) == 1.0 and rank_auc(np.zeros(3), np.zeros(4)) == 0.5
 
 
 # --- C_T (Meehan et al. 2020) -------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ganaudit.index import knn
-from ganaudit.metrics.copy_stats import relative_nn_score
+from ganaudit.metrics.copy_stats import average_ranks, rank_auc, relative_nn_score
 
 # Carlini et al. (2023) compare the nearest distance with the mean over the 50 nearest.
 DEFAULT_RELATIVE_K = 50
@@ -113,10 +113,8 @@ def _mann_whitney_z(generated: np.ndarray, holdout: np.ndarray) -> float:
     mean is m n / 2 and variance m n (m + n + 1) / 12 (no tie correction), with the 0.5
     continuity correction of the authors' code toward the copying (lower) tail.
     """
-    from scipy.stats import rankdata
-
     m, n = generated.size, holdout.size
-    ranks = rankdata(np.concatenate([generated, holdout]))
+    ranks = average_ranks(np.concatenate([generated, holdout]))
     u = ranks[:m].sum() - m * (m + 1) / 2.0
     return float((u - m * n / 2.0 + 0.5) / np.sqrt(m * n * (m + n + 1) / 12.0))
 
@@ -270,8 +268,6 @@ def mia_auc(
     Returns:
         ROC AUC in [0, 1]: 0.5 = no leak, near 1 = the generator reveals its training set.
     """
-    from sklearn.metrics import roc_auc_score
-
     train, holdout = _as_features(train, "train"), _as_features(holdout, "holdout")
     generated = _as_features(generated, "generated")
     _same_dim(train=train, holdout=holdout, generated=generated)
@@ -281,6 +277,5 @@ def mia_auc(
     others = holdout[np.sort(rng.choice(holdout.shape[0], size, replace=False))]
     member_dist = _nearest_distance(generated, members)[0]
     other_dist = _nearest_distance(generated, others)[0]
-    labels = np.r_[np.ones(size), np.zeros(size)]
-    return float(roc_auc_score(labels, -np.r_[member_dist, other_dist]))
+    return rank_auc(-member_dist, -other_dist)  # members are the positives: closer scores higher
 
