@@ -21,7 +21,10 @@ unreadable or made for other data.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +165,6 @@ INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 HNSW_NEIGHBOURS, HNSW_EF_SEARCH = 32, 128
 IVF_NPROBE = 32
 INDEX_CACHE_FORMAT = 1
-_INDEX_MAGIC = b"GAINDEX1\n"
 
 
 def faiss_gpu_id(device) -> int | None:
@@ -208,7 +210,7 @@ class ApproxIndex:
 
     For training sets too large for exact search to be quick. Its recall is not assumed:
     ``recall_at_1`` measures it against exact search on a sample of queries, and the audit
-    reports the figure. Make one with :meth:`build` or :meth:`from_bytes`.
+    reports the figure. Make one with :meth:`build` or :meth:`load`.
     """
 
     cached = False  # True when read back from the index cache
@@ -249,18 +251,19 @@ class ApproxIndex:
         index.add(database)
         return cls(index, metric, kind, gpu, resources)
 
-    def to_bytes(self) -> bytes:
-        """The index in faiss's serialisation (a CPU copy when it lives on a GPU)."""
+    def save(self, path: Path) -> None:
+        """Write the index with faiss's own writer (a CPU copy when it lives on a GPU)."""
         import faiss
 
         cpu = self._index if self.device == "cpu" else faiss.index_gpu_to_cpu(self._index)
-        return faiss.serialize_index(cpu).tobytes()
+        faiss.write_index(cpu, str(path))
 
     @classmethod
-    def from_bytes(cls, data: bytes, metric: str, kind: str, gpu: int | None = None) -> "ApproxIndex":
+    def load(cls, path: Path, metric: str, kind: str, gpu: int | None = None) -> "ApproxIndex":
+        """Read an index :meth:`save` wrote; search parameters are set afresh."""
         import faiss
 
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        index = faiss.read_index(str(path))
         if kind == "ivf":
             index.nprobe = _approx_params(kind, index.ntotal)["nprobe"]
         elif kind == "hnsw":
@@ -323,39 +326,64 @@ def build_index(database: np.ndarray, metric: str = "l2", kind: str = "auto",
     return index
 
 
-def _index_key(database: np.ndarray, metric: str, kind: str, seed: int) -> bytes:
+def _index_key(database: np.ndarray, metric: str, kind: str, seed: int) -> str:
     import faiss
 
     facts = (INDEX_CACHE_FORMAT, faiss.__version__, kind, metric, seed, database.shape,
              sorted(_approx_params(kind, database.shape[0]).items()))
-    return hashlib.sha256(repr(facts).encode()).digest()
+    return hashlib.sha256(repr(facts).encode()).hexdigest()
 
 
-def _read_cached_index(path: Path, key: bytes, metric: str, kind: str, gpu: int | None) -> ApproxIndex | None:
-    """The index stored at ``path`` if it is intact and was built with ``key``, else None."""
+def _read_cached_index(path: Path, key: str, metric: str, kind: str, gpu: int | None) -> ApproxIndex | None:
+    """The index stored at ``path`` if it is intact and was built with ``key``, else None.
+
+    Beside the index file (faiss's own format, read and written by faiss without a copy in
+    memory) a small JSON file records the key and the index file's SHA-256.
+    """
     try:
-        data = Path(path).read_bytes()
+        meta = json.loads(_meta_path(path).read_text())
     except FileNotFoundError:
         return None
-    head = len(_INDEX_MAGIC) + 64
-    payload = data[head:]
-    intact = (data.startswith(_INDEX_MAGIC) and data[len(_INDEX_MAGIC):head - 32] == key
-              and hashlib.sha256(payload).digest() == data[head - 32:head])
-    if not intact:
-        log.warning("index cache %s is corrupt or was built for other data; rebuilding it", path)
+    except (OSError, ValueError):
+        meta = {}
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        log.warning("index cache %s was built for other data or settings; rebuilding it", path)
         return None
-    index = ApproxIndex.from_bytes(payload, metric, kind, gpu)
+    if not path.is_file() or _file_sha256(path) != meta.get("sha256"):
+        log.warning("index cache %s is corrupt; rebuilding it", path)
+        return None
+    index = ApproxIndex.load(path, metric, kind, gpu)
     index.cached = True
     return index
 
 
-def _write_cached_index(path: Path, key: bytes, index: ApproxIndex) -> None:
+def _write_cached_index(path: Path, key: str, index: ApproxIndex) -> None:
+    """Write the index to a temporary file, move it into place, then its checksummed record
+    (a run killed in between leaves a record that does not match: the index is rebuilt)."""
     from ganaudit.embedders.cache import write_atomic_bytes
 
-    payload = index.to_bytes()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic_bytes(Path(path), _INDEX_MAGIC + key + hashlib.sha256(payload).digest() + payload)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        index.save(tmp)
+        digest = _file_sha256(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_atomic_bytes(_meta_path(path), json.dumps({"key": key, "sha256": digest}).encode())
     log.info("cached the %s index in %s", index.kind, path)
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def recall_at_1(index, database: np.ndarray, queries: np.ndarray) -> float:
