@@ -1,7 +1,7 @@
 """Embedding throughput, images per second, with decoding's share measured separately.
 
-Writes PNGs into a temporary folder, then measures for each embedder (``pixels`` and
-``inception`` by default):
+Writes PNGs into a temporary folder, then measures for each embedder (``pixels``, its copy
+descriptor ``pixels-copy`` and ``inception`` by default):
 
 - ``decode``: decoding the folder alone (``ImageSet.batches``: PIL in a thread pool);
 - ``compute``: the embedder alone on already-decoded batches (resize, normalise, network);
@@ -131,7 +131,8 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="write the results here as JSON")
-    parser.add_argument("--embedders", default="pixels,inception", help="comma list (default pixels,inception)")
+    parser.add_argument("--embedders", default="pixels,pixels-copy,inception",
+                        help="comma list (default pixels,pixels-copy,inception)")
     parser.add_argument("--n-images", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=128, help="side of the PNGs on disk (default 128)")
     parser.add_argument("--batch-size", type=int, default=32)

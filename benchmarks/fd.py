@@ -4,7 +4,8 @@ Both sides start from the same two (N, D) float32 standard-normal feature arrays
 seed 0, fake: seed 1) and end with the distance:
 
 - ``ganaudit``: ``ganaudit.metrics.frechet_distance(real, fake)`` (float64 statistics
-  accumulated in row blocks, then symmetric eigendecompositions);
+  accumulated in row blocks by symmetric rank-k updates, then the eigenvalues of
+  ``Lᵀ Σ2 L`` with ``Σ1 = L Lᵀ``);
 - ``pytorch-fid``: ``np.mean(x, axis=0)`` and ``np.cov(x, rowvar=False)`` of each array, as
   ``pytorch_fid.fid_score.calculate_activation_statistics`` does, then
   ``calculate_frechet_distance`` (``scipy.linalg.sqrtm``).

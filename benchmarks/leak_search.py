@@ -13,7 +13,10 @@ Sides, each in a fresh process, the exact ones interleaved:
 - ``exact, batches``: the same index searched 128 queries at a time, as ``ganaudit check``
   searches one batch of generated images at a time;
 - ``IVF``: ``build_index(train, kind="ivf")`` (k-means training + adding) then one search;
-  recall@1 is the fraction of queries whose first IVF result is the exact nearest row.
+  recall@1 is the fraction of queries whose first IVF result is the exact nearest row. The
+  build includes writing the index to a cache folder;
+- ``IVF, index from the cache``: the same call in a new process, reading that file back (what
+  a second audit against the same training set pays instead of the k-means).
 
 Target (issue 9): exact search within 1.2x of the floor.
 
@@ -50,7 +53,8 @@ def _planted_sources(n_queries: int, n_train: int) -> np.ndarray:
     return np.random.default_rng(2).choice(n_train, int(n_queries * PLANTED_FRACTION), replace=False)
 
 
-def _search_task(n_queries: int, n_train: int, dim: int, k: int, kind: str, batch: int | None, ids_out: str):
+def _search_task(n_queries: int, n_train: int, dim: int, k: int, kind: str, batch: int | None, ids_out: str,
+                 cache_dir: str | None = None):
     import faiss  # noqa: F401  (keep the import out of the timing)
 
     from ganaudit.index import build_index
@@ -60,8 +64,9 @@ def _search_task(n_queries: int, n_train: int, dim: int, k: int, kind: str, batc
 
     def call():
         start = time.perf_counter()
-        index = build_index(train, "l2", kind=kind, seed=0)
+        index = build_index(train, "l2", kind=kind, seed=0, cache_dir=cache_dir)
         stages["build_s"] = time.perf_counter() - start
+        stages["cached"] = index.cached
         step = batch or n_queries
         parts = [index.search(queries[i : i + step], k)[1] for i in range(0, n_queries, step)]
         stages["search_s"] = time.perf_counter() - start - stages["build_s"]
@@ -83,6 +88,12 @@ def task_exact_batches(batch: int, **params):
 
 
 def task_ivf(**params):
+    """IVF built from scratch (k-means), then written to ``cache_dir`` (timed as part of the build)."""
+    return _search_task(kind="ivf", batch=None, **params)
+
+
+def task_ivf_cached(**params):
+    """IVF read back from the index cache ``task_ivf`` wrote: what a second audit pays."""
     return _search_task(kind="ivf", batch=None, **params)
 
 
@@ -98,16 +109,18 @@ def recall(ids: np.ndarray, exact: np.ndarray, rows: slice) -> float:
 def run(params: dict, repeats: int, tmp: Path) -> dict:
     script = Path(__file__).resolve()
     base = {key: params[key] for key in ("n_queries", "n_train", "dim", "k")}
-    ids = {name: str(tmp / f"{name}.npy") for name in ("exact", "exact_batches", "ivf")}
+    ids = {name: str(tmp / f"{name}.npy") for name in ("exact", "exact_batches", "ivf", "ivf_cached")}
     runs = interleaved({
         "floor": (script, "task_floor", base),
         "exact": (script, "task_exact", {**base, "ids_out": ids["exact"]}),
         "exact_batches": (script, "task_exact_batches", {**base, "batch": params["batch"],
                                                          "ids_out": ids["exact_batches"]}),
     }, repeats)
-    ivf = run_isolated(script, "task_ivf", {**base, "ids_out": ids["ivf"]})
-    print(f"  [ivf] {ivf['wall_s']:.2f} s wall, peak {ivf['peak_rss_bytes'] / GB:.3f} GB")
-    runs["ivf"] = [ivf]
+    cache = str(tmp / "index-cache")
+    for name in ("ivf", "ivf_cached"):
+        runs[name] = [run_isolated(script, f"task_{name}", {**base, "ids_out": ids[name], "cache_dir": cache})]
+        print(f"  [{name}] {runs[name][0]['wall_s']:.2f} s wall, peak {runs[name][0]['peak_rss_bytes'] / GB:.3f} GB")
+    ivf, ivf_cached = runs["ivf"][0], runs["ivf_cached"][0]
     exact, ivf_ids = np.load(ids["exact"]), np.load(ids["ivf"])
     sources = _planted_sources(params["n_queries"], params["n_train"])
     planted = len(sources)
@@ -125,6 +138,9 @@ def run(params: dict, repeats: int, tmp: Path) -> dict:
         "ivf_recall_at_1_planted": recall(ivf_ids, exact, slice(0, planted)),
         "ivf_recall_at_1_unplanted": recall(ivf_ids, exact, slice(planted, None)),
         "ivf_stages_s": ivf["result"],
+        "ivf_cached_stages_s": ivf_cached["result"],
+        "ivf_cache_was_read": bool(ivf_cached["result"]["cached"]) and not ivf["result"]["cached"],
+        "ivf_cached_ids_equal": bool(np.array_equal(np.load(ids["ivf_cached"]), ivf_ids)),
         "exact_stages_s": min(runs["exact"], key=lambda r: r["wall_s"])["result"],
     })
     res["ivf_speedup_search"] = res["exact_stages_s"]["search_s"] / ivf["result"]["search_s"]
@@ -135,7 +151,7 @@ def run(params: dict, repeats: int, tmp: Path) -> dict:
 def tables(params: dict, res: dict, repeats: int, info: dict) -> str:
     title = (f"leak-search: {params['n_queries']} generated x {params['n_train']} training, {params['dim']}-d "
              f"float32, k={params['k']}, l2; {repeats} interleaved runs of the exact sides\n{machine_line(info)}")
-    ex, ivf = res["exact_stages_s"], res["ivf_stages_s"]
+    ex, ivf, cached = res["exact_stages_s"], res["ivf_stages_s"], res["ivf_cached_stages_s"]
     rows = [
         [f"GEMM floor ({res['floor_engine']})", secs(res["floor"]["wall_s_best"]), "-", "-",
          f"{res['floor_gflops']:.1f}", gb(res["floor"]["peak_rss_bytes"]), "1.000"],
@@ -145,6 +161,9 @@ def tables(params: dict, res: dict, repeats: int, info: dict) -> str:
          gb(res["exact_batches"]["peak_rss_bytes"]), f"{res['exact_batches_ratio_best']:.3f}"],
         ["IVF", secs(res["ivf"]["wall_s_best"]), secs(ivf["build_s"]), secs(ivf["search_s"]), "-",
          gb(res["ivf"]["peak_rss_bytes"]), f"{res['ivf']['wall_s_best'] / res['floor']['wall_s_best']:.3f}"],
+        ["IVF, index from the cache", secs(res["ivf_cached"]["wall_s_best"]), secs(cached["build_s"]),
+         secs(cached["search_s"]), "-", gb(res["ivf_cached"]["peak_rss_bytes"]),
+         f"{res['ivf_cached']['wall_s_best'] / res['floor']['wall_s_best']:.3f}"],
     ]
     main = format_table(title, ["side", "wall best", "build", "search", "GFLOP/s", "peak RSS", "/ floor"], rows)
     target_rows = [
@@ -158,6 +177,8 @@ def tables(params: dict, res: dict, repeats: int, info: dict) -> str:
         ["IVF recall@1, other queries", f"{res['ivf_recall_at_1_unplanted']:.4f}", "", ""],
         ["exact finds planted sources", f"{res['exact_finds_planted']:.4f}", "", ""],
         ["batched ids == one-call ids", "yes" if res["batches_agree_with_exact"] else "NO", "", ""],
+        ["IVF read from the cache", "yes" if res["ivf_cache_was_read"] else "NO", "", ""],
+        ["cached IVF ids == built IVF ids", "yes" if res["ivf_cached_ids_equal"] else "NO", "", ""],
     ]
     return main + "\n\n" + format_table("figures", ["figure", "value", "target", "met"], target_rows)
 
