@@ -170,8 +170,8 @@ INDEX_CACHE_FORMAT = 1
 def faiss_gpu_id(device) -> int | None:
     """The GPU faiss should search on for a torch ``device``, or None for the CPU.
 
-    None unless the device is CUDA and faiss is a GPU build that sees a GPU; a CUDA device
-    with faiss-cpu installed logs once how to get GPU search.
+    None unless the device is CUDA and faiss is a GPU build that sees a GPU; for a CUDA
+    device with faiss-cpu installed it logs how to get GPU search.
     """
     if getattr(device, "type", str(device).split(":")[0]) != "cuda":
         return None

@@ -1,6 +1,6 @@
 """The float32 fast path of PRDC against its exact fallbacks and the ``prdc`` package.
 
-``ganaudit.metrics.coverage`` decides most comparisons from float32 GEMM tiles and a
+``ganaudit.metrics.tiles`` decides most comparisons from float32 GEMM tiles and a
 rigorous error bound, recomputing in float64 only the pairs the bound cannot decide. These
 tests feed it inputs where the bound is tight or useless (ties on a lattice, a large common
 offset, norms far outside float32's comfortable range) and force every pair through the
@@ -9,8 +9,8 @@ exact paths with the module's test hooks: the results must not change.
 import numpy as np
 import pytest
 
-from ganaudit.metrics import coverage
-from ganaudit.metrics.coverage import knn_radii, prdc
+from ganaudit.metrics import tiles
+from ganaudit.metrics.coverage import knn_radii, prdc, prdc_from_radii
 
 prdc_ref = pytest.importorskip("prdc")
 
@@ -67,17 +67,17 @@ def test_forcing_every_pair_through_the_exact_paths_changes_nothing(monkeypatch,
     real, fake, k = CASES[name]
     fast_radii = knn_radii(real, k, block_size=64)
     fast = prdc(real, fake, nearest_k=k, block_size=64)
-    monkeypatch.setattr(coverage, "_ERROR_BOUND_SCALE", error_scale)
-    monkeypatch.setattr(coverage, "_ORDER_BOUND_SCALE", order_scale)
+    monkeypatch.setattr(tiles, "_ERROR_BOUND_SCALE", error_scale)
+    monkeypatch.setattr(tiles, "_ORDER_BOUND_SCALE", order_scale)
     calls = {"_radii_full_search": 0, "_sklearn_sq_distances": 0, "_reference_distances": 0}
     for fn in calls:
-        original = getattr(coverage, fn)
+        original = getattr(tiles, fn)
 
         def counted(*args, _fn=fn, _original=original):
             calls[_fn] += 1
             return _original(*args)
 
-        monkeypatch.setattr(coverage, fn, counted)
+        monkeypatch.setattr(tiles, fn, counted)
     np.testing.assert_array_equal(knn_radii(real, k, block_size=64), fast_radii)
     assert prdc(real, fake, nearest_k=k, block_size=64) == fast
     assert calls["_radii_full_search"] > 0 and calls["_sklearn_sq_distances"] > 0  # the paths did run
@@ -88,9 +88,9 @@ def test_self_candidates_are_the_smallest_float32_values():
     # The symmetric tile walk must give each row its n smallest ŝ to other rows.
     rng = np.random.default_rng(3)
     x = _gaussian(rng, 150, 12)
-    sq = coverage._squared_norms(x, 64)
-    ops = coverage._Operands(sq, x.shape[1], 1.0)
-    idx, val = coverage._self_candidates(x, ops, 7, tile=40)
+    sq = tiles._squared_norms(x, 64)
+    ops = tiles._Operands(sq, x.shape[1], 1.0)
+    idx, val = tiles._self_candidates(x, ops, 7, tile=40)
     full = sq[:, None] + sq[None, :] - 2.0 * (x.astype(np.float64) @ x.astype(np.float64).T)
     np.fill_diagonal(full, np.inf)
     expected = np.sort(full, axis=1)[:, :7]
@@ -104,5 +104,5 @@ def test_infinite_radii_hold_every_point():
     real, fake = _gaussian(rng, 60, 4), _gaussian(rng, 50, 4)
     real_radii = np.full(60, np.inf, np.float32)
     fake_radii = np.zeros(50, np.float32)
-    out = coverage.prdc_from_radii(real, fake, real_radii, fake_radii, nearest_k=3)
+    out = prdc_from_radii(real, fake, real_radii, fake_radii, nearest_k=3)
     assert out == {"precision": 1.0, "recall": 0.0, "density": 60 / 3, "coverage": 1.0}
