@@ -216,3 +216,15 @@ def test_bad_copy_search_flags_are_one_line_errors(tiny_sets, capsys, flags, mes
     code, _, err = run_cli("check", "--generator", tiny_sets["copy_gen"], "--train", tiny_sets["train"],
                            "--num-samples", "20", *flags, capsys=capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_pixels_copy_basis_does_not_depend_on_the_lapack_build():
+    # torch and numpy ship different LAPACKs, which may return singular vectors with other signs.
+    from ganaudit.embedders.pixels import fix_signs
+
+    blur = blur_matrix(32, COPY_BLUR_SIGMA).double()
+    from_torch = fix_signs(torch.linalg.svd(blur)[0][:, :16])
+    from_numpy = fix_signs(torch.from_numpy(np.linalg.svd(blur.numpy())[0][:, :16]))
+    flipped = fix_signs(-from_torch)  # every sign the other way round
+    torch.testing.assert_close(from_torch, from_numpy, atol=1e-12, rtol=0)
+    torch.testing.assert_close(flipped, from_torch, atol=0, rtol=0)
