@@ -11,6 +11,7 @@ import platform
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from ganaudit import gate as gating
 from ganaudit.config import OUTPUT_RANGES, AuditConfig
 from ganaudit.copysearch import CopySearcher, Matches
 from ganaudit.embedders import create_embedder
-from ganaudit.embedders.cache import default_cache_dir, embed_image_set, entry_dir
+from ganaudit.embedders.cache import default_cache_dir, embed_image_set
 from ganaudit.errors import GanauditError
 from ganaudit.index import build_index, faiss_gpu_id, recall_at_1
 from ganaudit.progress import progress_bar
@@ -110,7 +111,7 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     with _stage(timings, "index"):
         index = build_index(train_copy_feats, copy_embedder.spec.metric, config.index, config.approx_above,
                             config.seed, gpu=faiss_gpu_id(device),
-                            cache_dir=entry_dir(cache_dir, train, copy_embedder) if cache_dir else None)
+                            cache_dir=Path(cache_dir) / "indexes" if cache_dir else None)
     tta = config.tta if config.tta is not None else copy_embedder.spec.copy_tta
     searcher = CopySearcher(index, copy_embedder, tta, config.copy_k, embedder=embedder,
                             rank_by=summary_metrics.rank_key(copy_embedder.spec, config))

@@ -21,6 +21,8 @@ from ganaudit.gate import baseline_rules_from_config, gates_from_config
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OUTPUT_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}
 COPY_THRESHOLD_MODES = ("auto", "calibrated")
+# A search asks for copy_k + 2 neighbours; faiss on a GPU returns at most 2048.
+MAX_COPY_K = 1000
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ class AuditConfig:
         _check(0.0 < self.fdr_q < 1.0, f"fdr_q must be in (0, 1), got {self.fdr_q}")
         _check(self.nearest_k >= 1, f"nearest_k must be positive, got {self.nearest_k}")
         _check(self.index in ("auto", "flat", "ivf", "hnsw"), f"index must be auto, flat, ivf or hnsw, got {self.index!r}")
-        _check(self.copy_k >= 1, f"copy_k must be positive, got {self.copy_k}")
+        _check(1 <= self.copy_k <= MAX_COPY_K,
+               f"copy_k must be in [1, {MAX_COPY_K}] (neighbours the nearest distance is compared with), got {self.copy_k}")
         bad = [a for a in (self.tta or ()) if a not in AUGMENTATIONS]
         _check(not bad, f"unknown test-time augmentation {bad}; choose from {', '.join(AUGMENTATIONS)} or none")
         _check_copy_threshold(self.copy_threshold)

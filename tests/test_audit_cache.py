@@ -39,8 +39,7 @@ def test_an_approximate_index_is_cached_beside_the_training_features(tiny_sets, 
     second = audit_module.audit(AuditConfig(**common))
     assert first.memorization["index"] | {"cached": True} == second.memorization["index"]
     assert not first.memorization["index"]["cached"] and second.memorization["index"]["device"] == "cpu"
-    (written,) = (tmp_path / "cache").glob("features/*/index-hnsw.faiss")
-    assert list(written.parent.glob("chunk-*.bin"))  # the same entry as the features it indexes
+    (written,) = (tmp_path / "cache").glob("indexes/hnsw-*.faiss")  # beside features/ in the cache
     assert second.memorization["n_flagged"] == first.memorization["n_flagged"]
     uncached = audit_module.audit(AuditConfig(**common | {"no_cache": True, "cache_dir": None}))
     assert not uncached.memorization["index"]["cached"]

@@ -167,6 +167,15 @@ def test_config_file_with_unknown_key_is_an_error(tiny_sets, tmp_path, capsys):
     assert "unknown setting 'num_sample'" in msg
 
 
+@pytest.mark.parametrize("setting, expected", [("copy_k = 5000", "copy_k must be in [1, 1000]"),
+                                               ("copy_k = 0", "copy_k must be in [1, 1000]")])
+def test_config_file_with_a_bad_value_is_an_error(tiny_sets, tmp_path, capsys, setting, expected):
+    cfg = tmp_path / "ganaudit.toml"
+    cfg.write_text(setting + "\n")
+    msg = _bad(capsys, "check", "--generator", tiny_sets["fresh_gen"], "--train", tiny_sets["train"], "--config", cfg)
+    assert expected in msg
+
+
 def test_config_file_sets_values_and_flags_override(tiny_sets, tmp_path, capsys):
     cfg = tmp_path / "pyproject.toml"
     cfg.write_text("[tool.ganaudit]\nnum_samples = 150\ntta = []\nseed = 3\n")

@@ -230,6 +230,19 @@ def test_skip_corrupt_through_the_audit(train_with_corrupt, tiny_sets, tmp_path,
         torch.testing.assert_close(source.load(entry["sample_index"]), copied, atol=1e-4, rtol=0)
 
 
+def test_skipped_images_do_not_keep_the_index_cache_from_being_found(train_with_corrupt, tiny_sets, tmp_path,
+                                                                     capsys):
+    cache = tmp_path / "cache"
+    for _ in range(2):
+        code, _, err = run_cli("check", "--generator", tiny_sets["copy_gen"], "--train", train_with_corrupt,
+                               "--holdout", tiny_sets["holdout"], "--skip-corrupt", "--num-samples", "60",
+                               "--tta", "none", "--index", "hnsw", "--cache-dir", cache, "--json", tmp_path / "r.json",
+                               capsys=capsys)
+        assert code == 1, err
+    assert len(list(cache.glob("indexes/hnsw-*.faiss"))) == 1
+    assert json.loads((tmp_path / "r.json").read_text())["memorization"]["index"]["cached"]
+
+
 # --- memory --------------------------------------------------------------------------------
 
 _MEMORY_SCRIPT = textwrap.dedent('''

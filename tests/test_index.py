@@ -103,7 +103,8 @@ def test_approximate_index_is_cached_and_read_back(tmp_path, kind):
 
     x = _clustered(7)
     built = build_index(x, kind=kind, cache_dir=tmp_path)
-    assert not built.cached and (tmp_path / f"index-{kind}.faiss").is_file()
+    (written,) = tmp_path.glob(f"{kind}-*.faiss")  # one file, named by what it was built from
+    assert not built.cached and written.with_name(written.name + ".json").is_file()
     again = build_index(x, kind=kind, cache_dir=tmp_path)
     assert again.cached and again.kind == kind and again.ntotal == len(x)
     d1, i1 = built.search(x[:200], 5)
@@ -112,12 +113,12 @@ def test_approximate_index_is_cached_and_read_back(tmp_path, kind):
     np.testing.assert_array_equal(d1, d2)
 
 
-def test_index_cache_is_rebuilt_when_corrupt_or_made_for_other_data(tmp_path, caplog):
+def test_index_cache_is_rebuilt_when_corrupt_and_kept_apart_for_other_settings(tmp_path, caplog):
     from ganaudit.index import build_index
 
     x = _clustered(8)
     build_index(x, kind="ivf", cache_dir=tmp_path)
-    path = tmp_path / "index-ivf.faiss"
+    (path,) = tmp_path.glob("ivf-*.faiss")
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF  # one flipped byte in the payload
     path.write_bytes(bytes(data))
@@ -126,8 +127,50 @@ def test_index_cache_is_rebuilt_when_corrupt_or_made_for_other_data(tmp_path, ca
     assert build_index(x, kind="ivf", cache_dir=tmp_path).cached  # rewritten intact
     other_seed = build_index(x, kind="ivf", seed=1, cache_dir=tmp_path)  # other k-means: other index
     assert not other_seed.cached
+    assert build_index(x, kind="ivf", cache_dir=tmp_path).cached  # both kept, each under its own name
     fewer = build_index(x[:5_000], kind="ivf", seed=1, cache_dir=tmp_path)
     assert not fewer.cached and fewer.ntotal == 5_000
+
+
+def test_index_cache_is_rebuilt_for_features_of_the_same_shape_but_other_values(tmp_path):
+    from ganaudit.index import build_index
+
+    x = _clustered(12)
+    build_index(x, kind="ivf", cache_dir=tmp_path)
+    other = x.copy()
+    other[123, 4] += 1.0  # one value changed
+    index = build_index(other, kind="ivf", cache_dir=tmp_path)
+    assert not index.cached
+    dist, idx = index.search(other[120:130], 1)
+    assert idx[:, 0].tolist() == list(range(120, 130)) and np.allclose(dist, 0.0, atol=1e-3)
+
+
+def test_an_unparseable_index_file_is_rebuilt(tmp_path, caplog):
+    import hashlib
+    import json
+
+    from ganaudit.index import build_index
+
+    x = _clustered(13)
+    build_index(x, kind="hnsw", cache_dir=tmp_path)
+    (path,) = tmp_path.glob("hnsw-*.faiss")
+    path.write_bytes(b"not a faiss index")  # with a record that vouches for it
+    record = path.with_name(path.name + ".json")
+    meta = json.loads(record.read_text())
+    record.write_text(json.dumps(meta | {"sha256": hashlib.sha256(b"not a faiss index").hexdigest()}))
+    index = build_index(x, kind="hnsw", cache_dir=tmp_path)
+    assert not index.cached and index.ntotal == len(x) and "could not be read" in caplog.text
+    assert build_index(x, kind="hnsw", cache_dir=tmp_path).cached  # written again, intact
+
+
+def test_a_cache_that_cannot_be_written_does_not_stop_the_search(tmp_path, caplog):
+    from ganaudit.index import build_index
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    index = build_index(_clustered(14), kind="ivf", cache_dir=blocker)
+    assert not index.cached and index.search(_clustered(14)[:5], 1)[1].shape == (5, 1)
+    assert "could not cache the ivf index" in caplog.text
 
 
 def test_flat_index_is_never_written(tmp_path):
@@ -216,3 +259,22 @@ def test_real_gpu_search_equals_cpu_search():
     d_gpu, i_gpu = build_index(x, kind="flat", gpu=0).search(x[:500], 5)
     np.testing.assert_array_equal(i_cpu[:, 0], i_gpu[:, 0])
     np.testing.assert_allclose(d_cpu, d_gpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_real_gpu_ivf_is_seeded_cached_and_measured(tmp_path):
+    faiss = pytest.importorskip("faiss")
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        pytest.skip("needs faiss-gpu and a GPU")
+    from ganaudit.index import build_index, recall_at_1
+
+    x = _clustered(15)
+    first = build_index(x, kind="ivf", seed=3, gpu=0, cache_dir=tmp_path)
+    second = build_index(x, kind="ivf", seed=3, gpu=0)  # the same seed: the same k-means
+    again = build_index(x, kind="ivf", seed=3, gpu=0, cache_dir=tmp_path)
+    assert first.device == again.device == "cuda:0" and again.cached
+    queries = x[:300]
+    ids = [index.search(queries, 3)[1] for index in (first, second, again)]
+    np.testing.assert_array_equal(ids[0], ids[1])
+    np.testing.assert_array_equal(ids[0], ids[2])
+    assert recall_at_1(again, x, queries) >= 0.9

@@ -56,12 +56,6 @@ def cache_key(images, embedder: Embedder) -> tuple[str, dict]:
     return hashlib.sha256(blob).hexdigest(), material
 
 
-def entry_dir(cache_dir: Path, images, embedder: Embedder) -> Path:
-    """The folder of an image set's cache entry for ``embedder`` (what else belongs to those
-    features, such as their approximate search index, is kept there too)."""
-    return Path(cache_dir) / "features" / cache_key(images, embedder)[0]
-
-
 def embed_image_set(
     images,
     embedder: Embedder,
@@ -100,7 +94,8 @@ def embed_image_set(
             feats, filled = _embed_rows(images, embed, dim, np.arange(n), batch_size, bar)
             _forget_unreadable(images, filled)
             return feats[filled]
-        entry = _Entry(entry_dir(cache_dir, images, embedder), cache_key(images, embedder)[1], n, dim, chunk_size)
+        key, material = cache_key(images, embedder)
+        entry = _Entry(Path(cache_dir) / "features" / key, material, n, dim, chunk_size)
         feats = np.empty((n, dim), dtype=np.float32)
         filled = np.zeros(n, dtype=bool)
         n_cached = n_built = 0
