@@ -16,16 +16,12 @@ the CPU). :func:`faiss_gpu_id` says whether that is possible for a torch device.
 
 Approximate indexes cost a k-means (IVF) or a graph (HNSW) to build, so ``build_index`` can
 keep them in a cache folder, content-addressed (the file name is a hash of the features and
-the settings), checksummed and written atomically; one that is unreadable is rebuilt.
+the settings), checksummed and written atomically (:mod:`ganaudit.index_cache`); one that
+is unreadable is rebuilt.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +163,6 @@ def _drop_excluded(
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 HNSW_NEIGHBOURS, HNSW_EF_SEARCH = 32, 128
 IVF_NPROBE = 32
-INDEX_CACHE_FORMAT = 1
 
 
 def faiss_gpu_id(device) -> int | None:
@@ -319,101 +314,22 @@ def build_index(database: np.ndarray, metric: str = "l2", kind: str = "auto",
         kind = "ivf" if database.shape[0] > approx_above else "flat"
     if kind == "flat":
         return FlatIndex(database, metric, gpu=gpu)
+    import faiss
+
+    from ganaudit import index_cache
+
     database = _as_features(database, "database")
-    key = _index_key(database, metric, kind, seed)
+    settings = (kind, metric, seed, faiss.__version__, sorted(_approx_params(kind, database.shape[0]).items()))
+    key = index_cache.key_of(database, settings)
     path = Path(cache_dir) / f"{kind}-{key[:32]}.faiss" if cache_dir is not None else None
-    index = _read_cached_index(path, key, metric, kind, gpu) if path else None
+    index = index_cache.read(path, key, lambda p: ApproxIndex.load(p, metric, kind, gpu)) if path else None
     if index is not None:
+        index.cached = True
         return index
     index = ApproxIndex.build(database, metric, kind, seed, gpu)
     if path:
-        _write_cached_index(path, key, index)
+        index_cache.write(path, key, index.save, f"{kind} index")
     return index
-
-
-def _index_key(database: np.ndarray, metric: str, kind: str, seed: int) -> str:
-    """What an index is a function of: its settings and the features' bytes (hashed in place:
-    about a second per GB, against minutes of k-means)."""
-    import faiss
-
-    facts = (INDEX_CACHE_FORMAT, faiss.__version__, kind, metric, seed, database.shape,
-             sorted(_approx_params(kind, database.shape[0]).items()))
-    h = hashlib.sha256(repr(facts).encode())
-    h.update(memoryview(database).cast("B"))  # C-contiguous float32 (build_index made it so)
-    return h.hexdigest()
-
-
-def _read_cached_index(path: Path, key: str, metric: str, kind: str, gpu: int | None) -> ApproxIndex | None:
-    """The index stored at ``path`` if it is intact and was built with ``key``, else None.
-
-    Beside the index file (faiss's own format, read and written by faiss without a copy in
-    memory) a small JSON file records the key and the index file's SHA-256.
-    """
-    try:
-        meta = json.loads(_meta_path(path).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        log.warning("index cache %s could not be read (%s); rebuilding it", path, e)
-        return None
-    if not isinstance(meta, dict) or meta.get("key") != key:
-        log.warning("index cache %s was built for other data or settings; rebuilding it", path)
-        return None
-    try:
-        before = _file_state(path)
-        intact = _file_sha256(path) == meta.get("sha256")
-        index = ApproxIndex.load(path, metric, kind, gpu) if intact else None
-        if index is not None and _file_state(path) != before:  # replaced while being read
-            intact, index = False, None
-    except (OSError, RuntimeError) as e:  # faiss raises RuntimeError on a file it cannot parse
-        log.warning("index cache %s could not be read (%s); rebuilding it", path, e)
-        return None
-    if not intact:
-        log.warning("index cache %s is corrupt; rebuilding it", path)
-        return None
-    index.cached = True
-    return index
-
-
-def _write_cached_index(path: Path, key: str, index: ApproxIndex) -> None:
-    """Write the index to a temporary file, move it into place, then its checksummed record
-    (a run killed in between leaves a record that does not match: the index is rebuilt).
-    A cache that cannot be written (disk full, read-only) costs the next run a rebuild, not
-    this run its result: it is logged and the audit goes on."""
-    from ganaudit.embedders.cache import write_atomic_bytes
-
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        index.save(tmp)
-        digest = _file_sha256(tmp)
-        os.replace(tmp, path)
-        write_atomic_bytes(_meta_path(path), json.dumps({"key": key, "sha256": digest}).encode())
-    except (OSError, RuntimeError) as e:
-        log.warning("could not cache the %s index in %s (%s); the next audit will build it again",
-                    index.kind, path, e)
-        return
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    log.info("cached the %s index in %s", index.kind, path)
-
-
-def _meta_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
-def _file_state(path: Path) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def recall_at_1(index, database: np.ndarray, queries: np.ndarray) -> float:
