@@ -61,12 +61,16 @@ class FlatIndex:
             raise ValueError("database is empty")
         self.metric = metric
         self.ntotal, self.dim = database.shape
-        self.device, self._gpu_resources = _device_name(gpu), _gpu_resources(gpu)
+        self.gpu, self._gpu_resources = gpu, _gpu_resources(gpu)
         self._blocks = []
         for start in range(0, self.ntotal, block_size):
             index = _flat_faiss_index(self.dim, metric, gpu, self._gpu_resources)
             index.add(database[start : start + block_size])
             self._blocks.append((start, index))
+
+    @property
+    def device(self) -> str:
+        return _device_name(self.gpu)
 
     def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return the k best database rows of each query, best first.
@@ -216,7 +220,11 @@ class ApproxIndex:
     def __init__(self, index, metric: str, kind: str, gpu: int | None = None, resources=None):
         self._index, self.metric, self.kind = index, metric, kind
         self.ntotal, self.dim = index.ntotal, index.d
-        self.device, self._gpu_resources = _device_name(gpu), resources
+        self.gpu, self._gpu_resources = gpu, resources
+
+    @property
+    def device(self) -> str:
+        return _device_name(self.gpu)
 
     @classmethod
     def build(cls, database: np.ndarray, metric: str = "l2", kind: str = "ivf", seed: int = 0,
@@ -237,7 +245,6 @@ class ApproxIndex:
         elif kind == "ivf":
             quantizer = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss_metric)
-            index.cp.seed = seed
             index.nprobe = params["nprobe"]
         else:
             raise ValueError(f"approximate index kind must be ivf or hnsw, got {kind!r}")
@@ -245,7 +252,7 @@ class ApproxIndex:
         if gpu is not None:
             index = faiss.index_cpu_to_gpu(resources, gpu, index)
         if kind == "ivf":
-            index.cp.seed = seed  # again: the GPU copy does not take the clustering parameters
+            index.cp.seed = seed  # after the move: a GPU copy does not take the clustering parameters
             index.train(database)
         index.add(database)
         return cls(index, metric, kind, gpu, resources)
@@ -254,7 +261,7 @@ class ApproxIndex:
         """Write the index with faiss's own writer (a CPU copy when it lives on a GPU)."""
         import faiss
 
-        cpu = self._index if self.device == "cpu" else faiss.index_gpu_to_cpu(self._index)
+        cpu = self._index if self.gpu is None else faiss.index_gpu_to_cpu(self._index)
         faiss.write_index(cpu, str(path))
 
     @classmethod
@@ -342,10 +349,9 @@ def recall_at_1(index, database: np.ndarray, queries: np.ndarray) -> float:
     _, approx = index.search(queries, 1)
     # The exact reference streams the database one block at a time (on the index's GPU, with
     # its resources), so it never holds a second copy of the training set.
-    gpu = None if index.device == "cpu" else int(index.device.split(":")[1])
     heap = faiss.ResultHeap(queries.shape[0], 1, keep_max=index.metric == "ip")
     for start in range(0, database.shape[0], DEFAULT_BLOCK_SIZE):
-        block = _flat_faiss_index(index.dim, index.metric, gpu, index._gpu_resources)
+        block = _flat_faiss_index(index.dim, index.metric, index.gpu, index._gpu_resources)
         block.add(database[start : start + DEFAULT_BLOCK_SIZE])
         dist, idx = block.search(queries, 1)
         heap.add_result(dist, idx + start)

@@ -208,15 +208,20 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def mann_whitney_u(a: np.ndarray, b: np.ndarray) -> float:
+    """Mann–Whitney U of ``a`` against ``b``: the pairs with the ``a`` value larger, ties 1/2."""
+    m = len(a)
+    ranks = average_ranks(np.concatenate([a, b]))
+    return float(ranks[:m].sum() - m * (m + 1) / 2.0)
+
+
 def rank_auc(positive: np.ndarray, negative: np.ndarray) -> float:
     """ROC AUC of scores: the probability that a positive scores above a negative, ties 1/2.
 
     The Mann–Whitney U over ``len(positive)·len(negative)``; equal to
     ``sklearn.metrics.roc_auc_score`` on the same scores.
     """
-    m, n = len(positive), len(negative)
-    ranks = average_ranks(np.concatenate([positive, negative]))
-    return float((ranks[:m].sum() - m * (m + 1) / 2.0) / (m * n))
+    return mann_whitney_u(positive, negative) / (len(positive) * len(negative))
 
 
 def leaked_train_examples(copied_train_indices: np.ndarray, n_train: int) -> list[tuple[int, int]]:

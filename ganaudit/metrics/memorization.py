@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ganaudit.index import knn
-from ganaudit.metrics.copy_stats import average_ranks, rank_auc, relative_nn_score
+from ganaudit.metrics.copy_stats import mann_whitney_u, rank_auc, relative_nn_score
 
 # Carlini et al. (2023) compare the nearest distance with the mean over the 50 nearest.
 DEFAULT_RELATIVE_K = 50
@@ -114,8 +114,7 @@ def _mann_whitney_z(generated: np.ndarray, holdout: np.ndarray) -> float:
     continuity correction of the authors' code toward the copying (lower) tail.
     """
     m, n = generated.size, holdout.size
-    ranks = average_ranks(np.concatenate([generated, holdout]))
-    u = ranks[:m].sum() - m * (m + 1) / 2.0
+    u = mann_whitney_u(generated, holdout)
     return float((u - m * n / 2.0 + 0.5) / np.sqrt(m * n * (m + n + 1) / 12.0))
 
 
