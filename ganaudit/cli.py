@@ -135,7 +135,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ganaudit.report.html import render_html
-    from ganaudit.result import AuditResult, write_atomic
+    from ganaudit.plumbing import write_atomic
+    from ganaudit.result import AuditResult
 
     try:
         result = AuditResult.read_json(args.result)

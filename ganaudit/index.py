@@ -26,19 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ganaudit.features import as_features
+
 log = logging.getLogger(__name__)
 
 METRICS = ("l2", "ip")
 DEFAULT_BLOCK_SIZE = 65_536
-
-
-def _as_features(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (N, D) array, got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{name} must be a float array, got {x.dtype}")
-    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 class FlatIndex:
@@ -56,7 +49,7 @@ class FlatIndex:
                  gpu: int | None = None):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        database = _as_features(database, "database")
+        database = as_features(database, "database")
         if database.shape[0] == 0:
             raise ValueError("database is empty")
         self.metric = metric
@@ -87,7 +80,7 @@ class FlatIndex:
         """
         import faiss
 
-        queries = _as_features(queries, "queries")
+        queries = as_features(queries, "queries")
         if queries.shape[1] != self.dim:
             raise ValueError(f"dimension mismatch: database has D={self.dim}, queries D={queries.shape[1]}")
         n_avail = self.ntotal - (1 if exclude is not None else 0)
@@ -137,8 +130,8 @@ def knn(
         ``(distances, indices)``: ``(M, k)`` float32 and ``(M, k)`` int64, best first.
         For ``"l2"`` distances are Euclidean; for ``"ip"`` they are inner products.
     """
-    database = _as_features(database, "database")
-    queries = _as_features(queries, "queries")
+    database = as_features(database, "database")
+    queries = as_features(queries, "queries")
     exclude = None
     if exclude_self:
         if database.shape[0] != queries.shape[0]:
@@ -232,7 +225,7 @@ class ApproxIndex:
         """Train (IVF: k-means with ``seed``) and fill an index over ``database``."""
         import faiss
 
-        database = _as_features(database, "database")
+        database = as_features(database, "database")
         dim = database.shape[1]
         faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
         params = _approx_params(kind, database.shape[0])
@@ -282,7 +275,7 @@ class ApproxIndex:
 
     def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Same contract as ``FlatIndex.search`` (approximate neighbours; -1 ids become misses)."""
-        queries = _as_features(queries, "queries")
+        queries = as_features(queries, "queries")
         k_search = k + 1 if exclude is not None else k
         dist, idx = self._index.search(queries, k_search)
         missing = idx < 0  # fewer than k candidates probed: treat as infinitely far
@@ -325,7 +318,7 @@ def build_index(database: np.ndarray, metric: str = "l2", kind: str = "auto",
 
     from ganaudit import index_cache
 
-    database = _as_features(database, "database")
+    database = as_features(database, "database")
     settings = (kind, metric, seed, faiss.__version__, sorted(_approx_params(kind, database.shape[0]).items()))
     key = index_cache.key_of(database, settings)
     path = Path(cache_dir) / f"{kind}-{key[:32]}.faiss" if cache_dir is not None else None
@@ -345,7 +338,7 @@ def recall_at_1(index, database: np.ndarray, queries: np.ndarray) -> float:
         return 1.0
     import faiss
 
-    queries, database = _as_features(queries, "queries"), _as_features(database, "database")
+    queries, database = as_features(queries, "queries"), as_features(database, "database")
     _, approx = index.search(queries, 1)
     # The exact reference streams the database one block at a time (on the index's GPU, with
     # its resources), so it never holds a second copy of the training set.

@@ -10,16 +10,16 @@ killed in between leaves a record that does not match, and the index is rebuilt.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
+
+from ganaudit.plumbing import file_sha256, temporary_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def read(path: Path, key: str, load: Callable[[Path], T]) -> T | None:
         return None
     try:
         before = _file_state(path)
-        index = load(path) if _file_sha256(path) == meta.get("sha256") else None
+        index = load(path) if file_sha256(path) == meta.get("sha256") else None
         if index is not None and _file_state(path) != before:  # replaced while being read
             index = None
     except (OSError, RuntimeError) as e:  # faiss raises RuntimeError on a file it cannot parse
@@ -76,21 +76,15 @@ def write(path: Path, key: str, save: Callable[[Path], None], what: str) -> None
     A cache that cannot be written (disk full, read-only) costs the next run a rebuild, not
     this run its result: it is logged and the caller goes on.
     """
-    from ganaudit.embedders.cache import write_atomic_bytes
-
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save(tmp)
-        digest = _file_sha256(tmp)
-        os.replace(tmp, path)
-        write_atomic_bytes(_record_path(path), json.dumps({"key": key, "sha256": digest}).encode())
+        with temporary_path(path) as tmp:
+            save(tmp)
+            digest = file_sha256(tmp)
+        write_atomic(_record_path(path), json.dumps({"key": key, "sha256": digest}))
     except (OSError, RuntimeError) as e:
         log.warning("could not cache the %s in %s (%s); the next audit will build it again", what, path, e)
         return
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
     log.info("cached the %s in %s", what, path)
 
 
@@ -101,11 +95,3 @@ def _record_path(path: Path) -> Path:
 def _file_state(path: Path) -> tuple[int, int, int]:
     st = os.stat(path)
     return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ganaudit.plumbing import write_atomic
 
 SCHEMA_VERSION = 1
 PASS, FAIL = "pass", "fail"
@@ -42,7 +42,7 @@ class AuditResult:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
     def write_json(self, path: Path | str) -> None:
-        write_atomic(Path(path), self.to_json())
+        write_atomic(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict) -> "AuditResult":
@@ -87,24 +87,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

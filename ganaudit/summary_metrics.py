@@ -13,6 +13,7 @@ import numpy as np
 from ganaudit.config import AuditConfig
 from ganaudit.copysearch import Matches
 from ganaudit.errors import GanauditError
+from ganaudit.metrics.clustering import nearest_centroid
 from ganaudit.metrics.inception_score import inception_score
 from ganaudit.metrics import copy_stats, coverage as cov, diversity, fid, memorization as mem, modes
 
@@ -201,7 +202,7 @@ def _modes(train, train_feats, gen_feats, config: AuditConfig) -> dict:
     else:
         source = "kmeans"
         train_labels, centroids = modes.kmeans_modes(train_feats, n_modes=config.modes, seed=config.seed)
-        gen_labels = modes.assign_to_centroids(gen_feats, centroids)
+        gen_labels = nearest_centroid(gen_feats, centroids)
         names = [f"cluster {i}" for i in range(len(centroids))]
     summary = modes.mode_coverage(train_labels, gen_labels, len(names), names=names,
                                   min_share_ratio=config.mode_min_share_ratio)

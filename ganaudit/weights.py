@@ -17,12 +17,12 @@ not every author publishes one:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ganaudit.errors import GanauditError
+from ganaudit.plumbing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +140,6 @@ def find_weights(name: str, weights: Path | str | None = None) -> Path:
             log.info("%s: weights %s", name, candidate)
             return candidate
     raise GanauditError(missing_weights_message(name))
-
-
-def file_sha256(path: Path | str) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_weights(name: str, dest_dir: Path | str | None = None) -> Path:

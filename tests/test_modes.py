@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
+from ganaudit.metrics.clustering import nearest_centroid
 from ganaudit.metrics.modes import (
-    assign_to_centroids,
     kl_divergence,
     kmeans_modes,
     knn_vote_labels,
@@ -70,7 +70,7 @@ def test_kmeans_finds_six_well_separated_blobs():
     for mode in range(6):
         assert np.unique(truth[labels == mode]).size == 1
     gen = _blobs(rng, centres, np.array([0, 3, 5]))
-    assigned = assign_to_centroids(gen, centroids)
+    assigned = nearest_centroid(gen, centroids)
     np.testing.assert_array_equal(
         assigned, [labels[np.flatnonzero(truth == t)[0]] for t in (0, 3, 5)]
     )

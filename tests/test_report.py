@@ -53,7 +53,7 @@ def test_outputs_get_ordinary_file_permissions(tmp_path):
     import os
     import stat
 
-    from ganaudit.result import write_atomic
+    from ganaudit.plumbing import write_atomic
 
     path = tmp_path / "out.json"
     write_atomic(path, "{}")

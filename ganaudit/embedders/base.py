@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ganaudit.batching import OomSplitter
+from ganaudit.plumbing import error_line
 
 RESIZE_METHODS = ("bicubic-antialias", "bilinear")
 
@@ -87,7 +88,7 @@ class Embedder:
         if self.weights_path is None:
             return "none"
         if self._weights_sha256 is None:
-            from ganaudit.weights import file_sha256
+            from ganaudit.plumbing import file_sha256
 
             self._weights_sha256 = file_sha256(self.weights_path)
         return self._weights_sha256
@@ -190,5 +191,5 @@ def load_state_dict_file(path: Path, what: str) -> dict:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, a pickle with code, not a torch file at all
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = error_line(e)
         raise GanauditError(f"{what}: cannot read {path} as a weights file: {first}") from None

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from ganaudit.embedders.base import Embedder
+from ganaudit.plumbing import STALE_GLOB, write_atomic
 from ganaudit.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class _Entry:
         for old in path.glob("chunk-*.bin"):
             old.unlink(missing_ok=True)
         self.chunk_size = chunk_size
-        write_atomic_bytes(path / "entry.json", json.dumps(
+        write_atomic(path / "entry.json", json.dumps(
             {"material": material, "n": n, "dim": dim, "chunk_size": chunk_size, "created": time.time()},
             indent=1, sort_keys=True).encode())
 
@@ -200,7 +200,7 @@ class _Entry:
             return None
 
     def write_chunk(self, i: int, feats: np.ndarray, filled: np.ndarray) -> None:
-        write_atomic_bytes(self.chunk_path(i), _encode_chunk(feats, filled))
+        write_atomic(self.chunk_path(i), _encode_chunk(feats, filled))
 
 
 def _encode_chunk(feats: np.ndarray, filled: np.ndarray) -> bytes:
@@ -227,23 +227,10 @@ def _decode_chunk(data: bytes, rows: int, dim: int) -> tuple[np.ndarray, np.ndar
     return feats, filled
 
 
-def write_atomic_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _remove_stale_temporaries(folder: Path) -> None:
     # Left by a run killed mid-write; a live writer's temporaries are younger than this.
     cutoff = time.time() - _STALE_TMP_SECONDS
-    for tmp in folder.glob(".*.tmp"):
+    for tmp in folder.glob(STALE_GLOB):
         try:
             if tmp.stat().st_mtime < cutoff:
                 tmp.unlink()

@@ -23,6 +23,7 @@ import torch
 
 from ganaudit.embedders.base import Embedder, EmbedderSpec, prepare_network
 from ganaudit.errors import GanauditError
+from ganaudit.plumbing import error_line
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -77,7 +78,7 @@ def factory(name: str):
         try:
             model = open_clip.load_openai_model(str(path), **kwargs)
         except Exception as e:  # a file of another format or architecture
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = error_line(e)
             raise GanauditError(f"{name}: cannot load {path} as an OpenAI CLIP checkpoint: {first}") from None
         embedder = ClipEmbedder(name, model.visual, device, path)
         out_dim = getattr(model.visual, "output_dim", embedder.spec.dim)

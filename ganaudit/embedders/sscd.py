@@ -11,12 +11,12 @@ greater than 0.75 are copies with 90% precision" for this model; it is ``copy_th
 """
 from __future__ import annotations
 
-import warnings
 
 import torch
 
 from ganaudit.embedders.base import Embedder, EmbedderSpec, prepare_network
 from ganaudit.errors import GanauditError
+from ganaudit.plumbing import load_torchscript
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,17 +33,6 @@ SPEC = EmbedderSpec(
     copy_threshold_source="facebookresearch/sscd-copy-detection README: cosine > 0.75 is a copy with 90% precision on DISC",
     weights="sscd_disc_mixup.torchscript.pt (facebookresearch/sscd-copy-detection, torch hub cache)",
 )
-
-
-def load_torchscript(path, what: str) -> torch.jit.ScriptModule:
-    """``torch.jit.load`` on the CPU with a one-line GanauditError on failure."""
-    try:
-        with warnings.catch_warnings():  # TorchScript is deprecated upstream but still what people ship
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:  # a state_dict, a pickle, a truncated file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GanauditError(f"{what}: {path} is not a TorchScript file: {first}") from None
 
 
 class SSCDEmbedder(Embedder):

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from ganaudit.embedders.base import Embedder, EmbedderSpec, prepare_network
-from ganaudit.embedders.sscd import load_torchscript
 from ganaudit.errors import GanauditError
+from ganaudit.plumbing import error_line, load_torchscript
 
 DEFAULT_INPUT_SIZE = (224, 224)
 
@@ -78,7 +78,7 @@ def _probe_dim(embedder: UserEmbedder, what: str) -> int:
         with torch.inference_mode():
             out = embedder.forward(embedder.preprocess(dummy))
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = error_line(e)
         raise GanauditError(
             f"{what}: running a batch of shape (2, 3, {embedder.spec.input_size[0]}, {embedder.spec.input_size[1]}) "
             f"failed: {first}; the module must map (B, 3, H, W) floats to (B, D) features"
@@ -122,7 +122,7 @@ def create_pt2(path: str, device: torch.device) -> UserEmbedder:
     try:
         program = torch.export.load(str(p))
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = error_line(e)
         raise GanauditError(f"{what}: not a readable torch.export program: {first}") from None
     batch, input_size = _program_input_shape(program)
     spec = EmbedderSpec(name=f"pt2:{path}", dim=0, input_size=input_size or DEFAULT_INPUT_SIZE, weights=str(p))

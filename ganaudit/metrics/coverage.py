@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ganaudit.features import as_features, check_same_dim
 from ganaudit.index import knn
 from ganaudit.metrics import tiles
 
@@ -37,30 +38,6 @@ FAKE_MEDIAN_NN = "fake_median_nn"
 MEDIAN_NN_RATIO = "median_nn_ratio"
 
 DEFAULT_BLOCK_SIZE = 4096
-
-
-def _as_features(x: np.ndarray, name: str, min_rows: int = 1) -> np.ndarray:
-    """Check a feature array and return it as C-contiguous float32 ``(N, D)``."""
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (N, D) array, got shape {x.shape}")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise ValueError(f"{name} must be a numeric array, got dtype {x.dtype}")
-    if x.shape[0] < min_rows:
-        raise ValueError(f"{name} needs at least {min_rows} rows, got {x.shape[0]}")
-    if x.shape[1] < 1:
-        raise ValueError(f"{name} has no feature columns (shape {x.shape})")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return x
-
-
-def _check_same_dim(real: np.ndarray, fake: np.ndarray) -> None:
-    if real.shape[1] != fake.shape[1]:
-        raise ValueError(
-            f"dimension mismatch: real has D={real.shape[1]}, fake has D={fake.shape[1]}"
-        )
 
 
 def _check_k(nearest_k: int) -> None:
@@ -91,7 +68,7 @@ def knn_radii(x: np.ndarray, nearest_k: int = 5, block_size: int = DEFAULT_BLOCK
         ``(N,)`` float32 radii.
     """
     _check_k(nearest_k)
-    x = _as_features(x, "x", min_rows=nearest_k + 1)
+    x = as_features(x, "x", min_rows=nearest_k + 1)
     return tiles.kth_neighbour_distances(x, nearest_k, block_size)
 
 
@@ -129,8 +106,8 @@ def prdc_from_radii(
         dict with float ``precision``, ``recall``, ``density``, ``coverage``.
     """
     _check_k(nearest_k)
-    real, fake = _as_features(real, "real"), _as_features(fake, "fake")
-    _check_same_dim(real, fake)
+    real, fake = as_features(real, "real"), as_features(fake, "fake")
+    check_same_dim(real=real, fake=fake)
     real_radii, fake_radii = _check_radii(real_radii, fake_radii, real.shape[0], fake.shape[0])
     covering_reals, real_covered, real_recalled = tiles.in_ball_counts(real, fake, real_radii, fake_radii, block_size)
     # The same reductions as prdc's, so the same float64 roundings.
@@ -169,9 +146,9 @@ def prdc(
         1.0
     """
     _check_k(nearest_k)
-    real = _as_features(real, "real", min_rows=nearest_k + 1)
-    fake = _as_features(fake, "fake", min_rows=nearest_k + 1)
-    _check_same_dim(real, fake)
+    real = as_features(real, "real", min_rows=nearest_k + 1)
+    fake = as_features(fake, "fake", min_rows=nearest_k + 1)
+    check_same_dim(real=real, fake=fake)
     real_radii = knn_radii(real, nearest_k, block_size)
     fake_radii = knn_radii(fake, nearest_k, block_size)
     return prdc_from_radii(real, fake, real_radii, fake_radii, nearest_k, block_size)
@@ -186,7 +163,7 @@ def leave_one_out_nn_distances(x: np.ndarray) -> np.ndarray:
     Returns:
         ``(N,)`` float32 Euclidean distances.
     """
-    x = _as_features(x, "x", min_rows=2)
+    x = as_features(x, "x", min_rows=2)
     dist, _ = knn(x, x, k=1, exclude_self=True)
     return dist[:, 0]
 
@@ -196,7 +173,7 @@ def _nn_distances(x, precomputed, name: str) -> np.ndarray:
     if precomputed is None:
         if x is None:
             raise ValueError(f"give either {name} features or {name}_nn_distances")
-        return leave_one_out_nn_distances(_as_features(x, name, min_rows=2))
+        return leave_one_out_nn_distances(as_features(x, name, min_rows=2))
     d = np.asarray(precomputed, dtype=np.float32)
     if d.ndim != 1 or d.shape[0] < 1:
         raise ValueError(f"{name}_nn_distances must be a non-empty 1-D array, got {d.shape}")
@@ -278,7 +255,7 @@ def nn_distance_summary(
         (fake / real; ``inf`` when only the real median is 0, ``nan`` when both are).
     """
     if real is not None and fake is not None:
-        _check_same_dim(_as_features(real, "real"), _as_features(fake, "fake"))
+        check_same_dim(real=as_features(real, "real"), fake=as_features(fake, "fake"))
     real_med = float(np.median(_nn_distances(real, real_nn_distances, "real")))
     fake_med = float(np.median(_nn_distances(fake, fake_nn_distances, "fake")))
     if real_med > 0:

@@ -28,7 +28,7 @@ from collections.abc import Hashable
 import numpy as np
 
 from ganaudit.metrics.copy_stats import binomial_ci
-from ganaudit.metrics.coverage import _as_features
+from ganaudit.features import as_features
 
 ESTIMATE = "estimate"
 CI_LOW = "ci_low"
@@ -110,7 +110,7 @@ def vendi_score(features: np.ndarray, normalize: bool = True) -> float:
         >>> round(vendi_score(x), 9)
         3.0
     """
-    x = _as_features(features, "features")
+    x = as_features(features, "features")
     n, d = x.shape
     gram = _feature_gram(x, normalize) if d < n else _sample_gram(x, normalize)
     return _vendi_from_gram(gram)
@@ -130,7 +130,7 @@ def vendi_per_mode(
         ``{label: score}`` for each label present, in sorted label order; labels are
         Python scalars (``int``/``str``).
     """
-    x = _as_features(features, "features")
+    x = as_features(features, "features")
     labels = np.asarray(labels)
     if labels.shape != (x.shape[0],):
         raise ValueError(
@@ -202,7 +202,7 @@ def count_close_pairs(
         The pair count, an int in ``[0, N (N - 1) / 2]``. Distances are FAISS float32
         (``|x|² + |y|² - 2 x·y``), so pairs within rounding of the threshold may go either way.
     """
-    x = _as_features(features, "features", min_rows=2)
+    x = as_features(features, "features", min_rows=2)
     threshold = _check_threshold(threshold)
     block_size = _check_int(block_size, "block_size", 1)
     return int(_close_pair_counts(x, float(np.float32(threshold) ** 2), block_size)[0])
@@ -318,7 +318,7 @@ def birthday_batch_test(
         duplicate: ``estimate = ci_low``, ``ci_high = inf``) and ``upper_bound_only`` (every
         batch had one: ``estimate = ci_high``, ``ci_low = 0``).
     """
-    x = _as_features(features, "features", min_rows=2)
+    x = as_features(features, "features", min_rows=2)
     radius_sq = float(np.float32(_check_threshold(threshold)) ** 2)
     s = _check_int(batch_size, "batch_size", 2, x.shape[0])
     n_batches = x.shape[0] // s

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.metrics.coverage import _as_features, _check_same_dim
+from ganaudit.features import as_features, check_same_dim
 
 _BLOCK_ROWS = 4096
 # Rows per block of the covariance's symmetric rank-k updates (a float64 buffer of
@@ -44,7 +44,7 @@ def features_to_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ``(mu, sigma)``: ``(D,)`` and ``(D, D)`` float64; the covariance is unbiased
         (divides by ``N - 1``), as ``numpy.cov`` in pytorch-fid.
     """
-    x = _as_features(x, "x", min_rows=2)
+    x = as_features(x, "x", min_rows=2)
     n, dim = x.shape
     rows = min(n, _STATISTICS_BLOCK_ROWS)
     shift = x[:rows].mean(axis=0, dtype=np.float64)
@@ -158,9 +158,9 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
         >>> abs(frechet_distance(x, x)) < 1e-9
         True
     """
-    real = _as_features(real, "real", min_rows=2)
-    fake = _as_features(fake, "fake", min_rows=2)
-    _check_same_dim(real, fake)
+    real = as_features(real, "real", min_rows=2)
+    fake = as_features(fake, "fake", min_rows=2)
+    check_same_dim(real=real, fake=fake)
     if min(real.shape[0], fake.shape[0]) < real.shape[1]:
         return _frechet_distance_low_rank(real, fake)
     return statistics_to_frechet_distance(*features_to_statistics(real), *features_to_statistics(fake))
@@ -250,9 +250,9 @@ def kernel_distance_subsets(
     Returns:
         ``(num_subsets,)`` float64 MMD² estimates.
     """
-    real = _as_features(real, "real", min_rows=2)
-    fake = _as_features(fake, "fake", min_rows=2)
-    _check_same_dim(real, fake)
+    real = as_features(real, "real", min_rows=2)
+    fake = as_features(fake, "fake", min_rows=2)
+    check_same_dim(real=real, fake=fake)
     _check_kid_args(num_subsets, subset_size, degree)
     gamma = 1.0 / real.shape[1] if gamma is None else float(gamma)
     m = min(subset_size, real.shape[0], fake.shape[0])

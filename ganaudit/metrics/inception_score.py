@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.metrics.coverage import _as_features
+from ganaudit.features import as_features
 
 INCEPTION_SCORE_MEAN = "inception_score_mean"
 INCEPTION_SCORE_STD = "inception_score_std"
@@ -90,7 +90,7 @@ def inception_score_splits(
     Returns:
         ``(splits,)`` float64 scores, each in ``[1, C]``.
     """
-    x = _as_features(logits_or_probs, "logits_or_probs")
+    x = as_features(logits_or_probs, "logits_or_probs")
     splits = _check_splits(splits, x.shape[0])
     if not from_logits:
         _check_probabilities(x)

@@ -10,31 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ganaudit.features import as_features, check_same_dim
 from ganaudit.index import knn
+from ganaudit.metrics.clustering import kmeans_centroids, nearest_centroid
 from ganaudit.metrics.copy_stats import mann_whitney_u, rank_auc, relative_nn_score
 
 # Carlini et al. (2023) compare the nearest distance with the mean over the 50 nearest.
 DEFAULT_RELATIVE_K = 50
 # Meehan et al.'s code keeps cells holding more than 20 generated samples (tau = 20 / m).
 MIN_GENERATED_PER_CELL = 20
-KMEANS_ITERATIONS = 25
-
-
-def _as_features(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must be a non-empty 2-D (N, D) array, got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{name} must be a float array, got {x.dtype}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _same_dim(**arrays: np.ndarray) -> None:
-    dims = {name: a.shape[1] for name, a in arrays.items()}
-    if len(set(dims.values())) > 1:
-        raise ValueError(f"feature dimensions differ: {dims}")
 
 
 def _nearest_distance(database: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,9 +43,9 @@ def score_against_train(
         ``(scores, nearest)``: ``(M,)`` float64 ``relative_nn_score`` (smaller = more like a
         copy) and ``(M,)`` int64 index of each query's nearest training example.
     """
-    train = _as_features(train, "train")
-    queries = _as_features(queries, "queries")
-    _same_dim(train=train, queries=queries)
+    train = as_features(train, "train")
+    queries = as_features(queries, "queries")
+    check_same_dim(train=train, queries=queries)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     needed = k + 1 + (1 if exclude_self else 0)
@@ -69,41 +53,6 @@ def score_against_train(
         raise ValueError(f"k={k} needs at least {needed} training samples, got {train.shape[0]}")
     dist, idx = knn(train, queries, k=k + 1, exclude_self=exclude_self)
     return relative_nn_score(dist), idx[:, 0]
-
-
-def kmeans_centroids(train: np.ndarray, n_cells: int, seed: int = 0) -> np.ndarray:
-    """Partition feature space into cells by k-means on the training features (FAISS).
-
-    Args:
-        train: ``(N, D)`` float32 training features.
-        n_cells: number of cells, ``1 <= n_cells <= N``.
-        seed: seed of FAISS' initialisation and subsampling.
-
-    Returns:
-        ``(n_cells, D)`` float32 centroids; a point's cell is its nearest centroid.
-    """
-    import faiss
-
-    train = _as_features(train, "train")
-    if isinstance(n_cells, bool) or not isinstance(n_cells, (int, np.integer)):
-        raise ValueError(f"n_cells must be an integer, got {n_cells!r}")
-    if not 1 <= n_cells <= train.shape[0]:
-        raise ValueError(f"n_cells must be in [1, {train.shape[0]}], got {n_cells}")
-    kmeans = faiss.Kmeans(
-        train.shape[1], int(n_cells), niter=KMEANS_ITERATIONS, seed=int(seed), verbose=False
-    )
-    # FAISS writes a warning to stderr below 39 points per centroid; small cells are fine here.
-    kmeans.cp.min_points_per_centroid = 1
-    kmeans.train(train)
-    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
-
-
-def assign_cells(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Cell of each row of ``x``: the index of its nearest centroid, ``(N,)`` int64."""
-    centroids = _as_features(centroids, "centroids")
-    x = _as_features(x, "x")
-    _same_dim(centroids=centroids, x=x)
-    return _nearest_distance(centroids, x)[1]
 
 
 def _mann_whitney_z(generated: np.ndarray, holdout: np.ndarray) -> float:
@@ -187,17 +136,17 @@ def ct_statistic(
         when generated samples are closer to the training set than fresh data (copying),
         positive when they are farther (underfitting).
     """
-    train, holdout = _as_features(train, "train"), _as_features(holdout, "holdout")
-    generated = _as_features(generated, "generated")
-    _same_dim(train=train, holdout=holdout, generated=generated)
-    centroids = kmeans_centroids(train, n_cells, seed=seed)
+    train, holdout = as_features(train, "train"), as_features(holdout, "holdout")
+    generated = as_features(generated, "generated")
+    check_same_dim(train=train, holdout=holdout, generated=generated)
+    centroids = kmeans_centroids(train, n_cells, seed=seed, init="faiss")
     holdout_dist = _nearest_distance(train, holdout)[0]
     generated_dist = _nearest_distance(train, generated)[0]
     return ct_statistic_from_cells(
         holdout_dist,
-        assign_cells(centroids, holdout),
+        nearest_centroid(holdout, centroids),
         generated_dist,
-        assign_cells(centroids, generated),
+        nearest_centroid(generated, centroids),
         min_generated=min_generated,
     )
 
@@ -221,8 +170,8 @@ def authentic_mask(
     Returns:
         ``(M,)`` bool array, True for authentic samples.
     """
-    train, generated = _as_features(train, "train"), _as_features(generated, "generated")
-    _same_dim(train=train, generated=generated)
+    train, generated = as_features(train, "train"), as_features(generated, "generated")
+    check_same_dim(train=train, generated=generated)
     if train.shape[0] < 2:
         raise ValueError("authenticity needs at least 2 training samples")
     if train_nn_dist is None:
@@ -267,9 +216,9 @@ def mia_auc(
     Returns:
         ROC AUC in [0, 1]: 0.5 = no leak, near 1 = the generator reveals its training set.
     """
-    train, holdout = _as_features(train, "train"), _as_features(holdout, "holdout")
-    generated = _as_features(generated, "generated")
-    _same_dim(train=train, holdout=holdout, generated=generated)
+    train, holdout = as_features(train, "train"), as_features(holdout, "holdout")
+    generated = as_features(generated, "generated")
+    check_same_dim(train=train, holdout=holdout, generated=generated)
     rng = np.random.default_rng(seed)
     size = min(train.shape[0], holdout.shape[0])
     members = train[np.sort(rng.choice(train.shape[0], size, replace=False))]

@@ -3,7 +3,7 @@
 Modes come from class labels when the training set has them, otherwise from k-means on the
 training features (:func:`kmeans_modes`). Generated samples get a mode by a k-NN vote among
 labelled training samples (:func:`knn_vote_labels`) or by their nearest centroid
-(:func:`assign_to_centroids`). :func:`mode_coverage` then compares the two distributions.
+(:func:`ganaudit.metrics.clustering.nearest_centroid`). :func:`mode_coverage` then compares the two distributions.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ganaudit.features import as_features, check_same_dim
 from ganaudit.index import knn
-from ganaudit.metrics.coverage import _as_features, _check_same_dim
+from ganaudit.metrics.clustering import kmeans_centroids, nearest_centroid
 
 TOTAL = "total"
 COVERED = "covered"
@@ -23,7 +24,6 @@ N_DISTINCT = "n_distinct"
 PER_MODE = "per_mode"
 
 DEFAULT_KL_SMOOTHING = 1e-6
-KMEANS_NITER = 25
 # Best of a few k-means++ initialisations: FAISS' own random init often merges two blobs.
 KMEANS_N_INIT = 3
 # Automatic choice of K: candidates and the size of the subsample the choice is made on.
@@ -58,9 +58,9 @@ def knn_vote_labels(
     Returns:
         ``(M,)`` int64 labels taken from ``train_labels``.
     """
-    train = _as_features(train_features, "train_features")
-    gen = _as_features(gen_features, "gen_features")
-    _check_same_dim(train, gen)
+    train = as_features(train_features, "train_features")
+    gen = as_features(gen_features, "gen_features")
+    check_same_dim(train_features=train, gen_features=gen)
     labels = _as_labels(train_labels, "train_labels")
     if labels.shape[0] != train.shape[0]:
         raise ValueError(f"{labels.shape[0]} train_labels for {train.shape[0]} train_features")
@@ -74,64 +74,8 @@ def knn_vote_labels(
     return votes[np.arange(votes.shape[0]), winner]
 
 
-def assign_to_centroids(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of the nearest centroid (Euclidean) for each sample.
-
-    Args:
-        features: ``(M, D)`` float32 features.
-        centroids: ``(K, D)`` float32 centroids, e.g. from :func:`kmeans_modes`.
-
-    Returns:
-        ``(M,)`` int64 centroid indices.
-    """
-    features = _as_features(features, "features")
-    centroids = _as_features(centroids, "centroids")
-    if features.shape[1] != centroids.shape[1]:
-        raise ValueError(
-            f"dimension mismatch: features D={features.shape[1]}, centroids D={centroids.shape[1]}"
-        )
-    _, idx = knn(centroids, features, k=1)
-    return idx[:, 0]
-
-
-def _kmeans_plus_plus(x: np.ndarray, n_modes: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy k-means++ seeding (as scikit-learn's): ``(K, D)`` float32 initial centroids.
-
-    Memory is ``O(trials × N)``: distances to a few candidates at a time, never N×N.
-    """
-    x64 = x.astype(np.float64)
-    sq_norms = np.einsum("ij,ij->i", x64, x64)
-    n_trials = 2 + int(np.log(n_modes))
-    chosen = [int(rng.integers(x.shape[0]))]
-    closest = np.maximum(sq_norms - 2 * x64 @ x64[chosen[0]] + sq_norms[chosen[0]], 0.0)
-    for _ in range(1, n_modes):
-        total = closest.sum()
-        p = closest / total if total > 0 else None  # all points identical: uniform
-        candidates = rng.choice(x.shape[0], n_trials, p=p)
-        d = sq_norms[None, :] - 2 * x64[candidates] @ x64.T + sq_norms[candidates, None]
-        pot = np.minimum(closest[None, :], np.maximum(d, 0.0))
-        best = int(np.argmin(pot.sum(axis=1)))
-        chosen.append(int(candidates[best]))
-        closest = pot[best]
-    return x[chosen]
-
-
 def _fit_kmeans(x: np.ndarray, n_modes: int, seed: int) -> np.ndarray:
-    """K-means centroids ``(K, D)`` float32 with FAISS: the best of a few k-means++ starts."""
-    import faiss
-
-    rng = np.random.default_rng(seed)
-    best_obj, best_centroids = np.inf, None
-    for _ in range(KMEANS_N_INIT):
-        # min_points_per_centroid=1 silences FAISS' stderr warning on small sets.
-        kmeans = faiss.Kmeans(
-            x.shape[1], n_modes, niter=KMEANS_NITER, seed=int(rng.integers(2**31)),
-            verbose=False, min_points_per_centroid=1,
-        )
-        obj = kmeans.train(x, init_centroids=_kmeans_plus_plus(x, n_modes, rng))
-        if obj < best_obj or best_centroids is None:
-            best_obj, best_centroids = obj, kmeans.centroids
-    return np.asarray(best_centroids, dtype=np.float32).reshape(n_modes, x.shape[1])
+    return kmeans_centroids(x, n_modes, seed=seed, init="k-means++", n_init=KMEANS_N_INIT)
 
 
 def select_n_modes(
@@ -154,7 +98,7 @@ def select_n_modes(
     """
     from sklearn.metrics import silhouette_score
 
-    x = _as_features(train_features, "train_features", min_rows=3)
+    x = as_features(train_features, "train_features", min_rows=3)
     low, high = mode_range
     if not 2 <= low <= high:
         raise ValueError(f"mode_range must satisfy 2 <= low <= high, got {mode_range}")
@@ -164,7 +108,7 @@ def select_n_modes(
     high = min(high, x.shape[0] - 1)
     best_k, best_score = low, -np.inf
     for k in range(low, high + 1):
-        labels = assign_to_centroids(x, _fit_kmeans(x, k, seed))
+        labels = nearest_centroid(x, _fit_kmeans(x, k, seed))
         if np.unique(labels).size < 2:
             continue
         score = silhouette_score(
@@ -194,13 +138,13 @@ def kmeans_modes(
         ``(labels, centroids)``: ``(N,)`` int64 mode of each training sample and
         ``(K, D)`` float32 centroids.
     """
-    x = _as_features(train_features, "train_features")
+    x = as_features(train_features, "train_features")
     if n_modes is None:
         n_modes = select_n_modes(x, mode_range, seed)
     if not 1 <= n_modes <= x.shape[0]:
         raise ValueError(f"n_modes must be in [1, {x.shape[0]}] (the sample count), got {n_modes}")
     centroids = _fit_kmeans(x, int(n_modes), seed)
-    return assign_to_centroids(x, centroids), centroids
+    return nearest_centroid(x, centroids), centroids
 
 
 def _smoothed(p: np.ndarray, eps: float) -> np.ndarray:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ganaudit.result import write_atomic
+from ganaudit.plumbing import write_atomic
 
 
 def write_outputs(result, context, config) -> list[Path]:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ganaudit.errors import GanauditError
+from ganaudit.plumbing import hash_file_into
 from ganaudit.sources.arrays import (
     ArrayFile, array_to_tensor, array_value_range, image_size, layout_of, open_array_file,
 )
@@ -179,18 +180,12 @@ class ImageSet:
         h = hashlib.sha256()
         if self._array is not None:
             h.update(b"array\0")
-            _hash_file(h, self.location)
+            hash_file_into(h, self.location)
         else:
             for rel in self._all_paths:
                 h.update(rel.encode() + b"\0")
-                _hash_file(h, self.location / rel)
+                hash_file_into(h, self.location / rel)
         return h.hexdigest()
-
-
-def _hash_file(h, path: Path) -> None:
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
 
 
 def _decode(path: Path, size: tuple[int, int] | None) -> torch.Tensor:

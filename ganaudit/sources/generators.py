@@ -32,9 +32,7 @@ take a truncation.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ import torch
 
 from ganaudit.batching import is_out_of_memory
 from ganaudit.errors import GanauditError
+from ganaudit.plumbing import error_line, file_sha256, load_torchscript
 from ganaudit.sources.arrays import detect_range
 from ganaudit.sources.signatures import (
     check_conditional, signature_of_module, signature_of_program, truncation_kwargs,
@@ -109,8 +108,8 @@ class Generator:
             hint = ("if it is a conditional generator (it takes a class label), pass --num-classes K"
                     if self.num_classes is None else f"check --num-classes {self.num_classes}")
             raise GanauditError(
-                f"generator failed on a batch of latents of shape {tuple(z.shape)}: {type(e).__name__}: "
-                f"{_first_line(e)}; check --z-dim, and {hint}"
+                f"generator failed on a batch of latents of shape {tuple(z.shape)}: "
+                f"{error_line(e, with_type=True)}; check --z-dim, and {hint}"
             ) from None
         return self._to_unit_range(out, len(indices))
 
@@ -163,19 +162,6 @@ class Generator:
         return out[:, :3].contiguous()
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else ""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sniff_format(path: Path) -> str:
     """Tell ``pt2``, ``torchscript``, ``safetensors`` or ``pickle`` (torch.save) from the file itself."""
     if path.suffix == ".safetensors":
@@ -221,7 +207,7 @@ def load_generator(
     if fmt == "pt2":
         module, signature = _load_pt2(path)
     elif fmt == "torchscript":
-        module = _load_torchscript(path)
+        module = load_torchscript(path, "--generator")
         signature = signature_of_module(module)
     else:
         from ganaudit.sources.state_dicts import load_state_dict_generator
@@ -257,17 +243,8 @@ def _load_pt2(path: Path):
     try:
         program = torch.export.load(str(path))
     except Exception as e:
-        raise GanauditError(f"--generator {path}: not a readable torch.export program: {_first_line(e)}") from None
+        raise GanauditError(f"--generator {path}: not a readable torch.export program: {error_line(e)}") from None
     return program.module(), signature_of_program(program)
-
-
-def _load_torchscript(path: Path):
-    with warnings.catch_warnings():  # TorchScript is deprecated upstream but still what people ship
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            return torch.jit.load(str(path), map_location="cpu")
-        except Exception as e:
-            raise GanauditError(f"--generator {path}: not a readable TorchScript file: {_first_line(e)}") from None
 
 
 def _normalised_weights(weights, num_classes: int | None) -> tuple[float, ...] | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ganaudit.errors import GanauditError
+from ganaudit.plumbing import error_line
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def _torch_load(path: Path, trust: bool):
     except pickle.UnpicklingError as e:
         refusal = _UNTRUSTED.format(path=path, holds=_holds(str(e)))
     except Exception as e:  # truncated or foreign files
-        raise GanauditError(f"--generator {path}: not a readable checkpoint: {type(e).__name__}: {_first_line(e)}") from None
+        raise GanauditError(f"--generator {path}: not a readable checkpoint: {error_line(e, with_type=True)}") from None
     if not trust:
         raise GanauditError(refusal)
     log.warning("loading %s as a full pickle because --trust-checkpoint was given", path)
@@ -89,7 +90,7 @@ def _torch_load(path: Path, trust: bool):
         return torch.load(path, map_location="cpu", weights_only=False)
     except RuntimeError as e:
         if "magic number" not in str(e):
-            raise GanauditError(f"--generator {path}: not a readable checkpoint: {_first_line(e)}") from None
+            raise GanauditError(f"--generator {path}: not a readable checkpoint: {error_line(e)}") from None
     with open(path, "rb") as f:  # a plain pickle.dump, as StyleGAN's network pickles are
         return pickle.load(f)
 
@@ -107,7 +108,7 @@ def _read_safetensors(path: Path) -> dict:
     try:
         return load_file(str(path))
     except Exception as e:
-        raise GanauditError(f"--generator {path}: not a readable safetensors file: {_first_line(e)}") from None
+        raise GanauditError(f"--generator {path}: not a readable safetensors file: {error_line(e)}") from None
 
 
 def find_module(obj, prefix: str = "") -> tuple[torch.nn.Module | None, str | None]:
@@ -193,14 +194,14 @@ def build_arch(arch: str, kwargs: dict) -> torch.nn.Module:
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except Exception as e:  # the user's module may fail in any way while importing
-        raise GanauditError(f"--arch {arch}: cannot import it: {type(e).__name__}: {_first_line(e)}") from None
+        raise GanauditError(f"--arch {arch}: cannot import it: {error_line(e, with_type=True)}") from None
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise GanauditError(f"--arch {arch}: {class_name} is not a torch.nn.Module class")
     try:
         return cls(**kwargs)
     except Exception as e:
         raise GanauditError(
-            f"--arch {arch}: cannot build it with --arch-kwargs {json.dumps(kwargs)}: {type(e).__name__}: {_first_line(e)}"
+            f"--arch {arch}: cannot build it with --arch-kwargs {json.dumps(kwargs)}: {error_line(e, with_type=True)}"
         ) from None
 
 
@@ -229,11 +230,6 @@ def _load_best(module: torch.nn.Module, candidates: list, path: Path) -> str | N
 
 def _few(keys: list[str]) -> str:
     return "[" + ", ".join(keys[:5]) + (f", … {len(keys) - 5} more" if len(keys) > 5 else "") + "]" if keys else "none"
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def _int_or_none(value) -> int | None:
