@@ -57,7 +57,7 @@ def _search_task(n_queries: int, n_train: int, dim: int, k: int, kind: str, batc
                  cache_dir: str | None = None):
     import faiss  # noqa: F401  (keep the import out of the timing)
 
-    from ganaudit.index import build_index
+    from ganaudit.search.index import build_index
 
     train, queries = _inputs(n_queries, n_train, dim)
     stages: dict[str, float] = {}

@@ -159,7 +159,7 @@ def cmd_embedders(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
-    from ganaudit.weights import fetch_weights
+    from ganaudit.embedders.weights import fetch_weights
 
     print(f"weights: {fetch_weights(args.name, args.dest)}")
     return EXIT_PASS

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ganaudit.augment import AUGMENTATIONS
+from ganaudit.search.augment import AUGMENTATIONS
 from ganaudit.errors import GanauditError
 from ganaudit.gate import baseline_rules_from_config, gates_from_config
 

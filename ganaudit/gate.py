@@ -1,7 +1,9 @@
 """The release gate: declarative conditions over the result's metrics, pass/warn/fail.
 
 A gate names a metric by its dotted path in the JSON result, a comparison and a threshold.
-``severity = "fail"`` gates decide the verdict; ``"warn"`` gates are reported only.
+``severity = "fail"`` gates decide the verdict; ``"warn"`` gates are reported only. Baseline
+rules compare the result with an earlier one (``--baseline``) and add one gate row each.
+:func:`apply_gates` evaluates both on a result and sets its verdict.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import operator
 from dataclasses import asdict, dataclass
 
 from ganaudit.errors import GanauditError
+from ganaudit.result import AuditResult, dig
 
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 SEVERITIES = ("fail", "warn")
@@ -169,3 +172,46 @@ def evaluate_baseline(rules: tuple[BaselineRule, ...], lookup, baseline_lookup) 
                        message=f"{rule.metric} = {value:.4g} against baseline {base:.4g} (needs {op} {threshold:.4g})")
         rows.append(row)
     return rows
+
+
+def apply_gates(result: AuditResult, gates_config: tuple[dict, ...], warn_only: bool,
+                baseline: AuditResult | None = None, baseline_path=None,
+                baseline_rules_config: tuple[dict, ...] = ()) -> None:
+    """Evaluate the policy's gates (and the baseline rules) on ``result`` and set its verdict.
+
+    Args:
+        gates_config: the config's gate tables (empty: ``DEFAULT_GATES``).
+        warn_only: report failed gates but pass.
+        baseline: an earlier result to compare with, read by :func:`read_baseline`.
+        baseline_path: where it was read from (recorded in ``result.baseline``).
+        baseline_rules_config: the config's baseline rules (empty: ``DEFAULT_BASELINE_RULES``).
+    """
+    gates = gates_from_config(gates_config) if gates_config else DEFAULT_GATES
+    snapshot = result.to_dict()
+    result.gates = evaluate(gates, lambda metric: dig(snapshot, metric))
+    if baseline is not None:
+        result.gates += _compare_with_baseline(result, snapshot, baseline, baseline_path, baseline_rules_config)
+    result.verdict = verdict(result.gates, warn_only)
+
+
+def read_baseline(path) -> AuditResult:
+    """A previous audit's JSON result, checked to be one."""
+    try:
+        return AuditResult.read_json(path)
+    except (OSError, ValueError, TypeError) as e:
+        raise GanauditError(f"--baseline {path}: not a readable ganaudit JSON result ({e})") from None
+
+
+def _compare_with_baseline(result: AuditResult, snapshot: dict, baseline: AuditResult, baseline_path,
+                           rules_config: tuple[dict, ...]) -> list[dict]:
+    """Gate rows for regressions against ``baseline``; the result records what it was compared with."""
+    if baseline.embedder.get("name") != result.embedder["name"]:
+        raise GanauditError(
+            f"--baseline was audited with embedder {baseline.embedder.get('name')!r}, this run with "
+            f"{result.embedder['name']!r}: figures from different feature spaces cannot be compared"
+        )
+    rules = baseline_rules_from_config(rules_config) if rules_config else DEFAULT_BASELINE_RULES
+    result.baseline = {"path": str(baseline_path), "verdict": baseline.verdict,
+                       "generator": baseline.generator.get("path"), "generator_sha256": baseline.generator.get("sha256")}
+    baseline_snapshot = baseline.to_dict()
+    return evaluate_baseline(rules, lambda m: dig(snapshot, m), lambda m: dig(baseline_snapshot, m))

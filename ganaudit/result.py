@@ -1,12 +1,14 @@
 """The AuditResult: everything an audit found. Its JSON is the machine-readable verdict.
 
 Renderers (HTML, JUnit, the terminal summary) read an AuditResult and nothing else, so a
-report can be rendered again from a saved JSON without recomputing.
+report can be rendered again from a saved JSON without recomputing. The provenance
+sections (what was audited, with what, by which versions) are built here too.
 """
 from __future__ import annotations
 
 import json
 import math
+import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,3 +89,44 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def set_info(images) -> dict:
+    """The ``train`` / ``holdout`` section: where an image set came from and what it holds."""
+    return {"path": str(images.location), "n_images": len(images), "size": list(images.size),
+            "n_classes": len(images.class_names), "class_names": images.class_names,
+            "fingerprint": images.fingerprint(), "n_corrupt": images.n_corrupt}
+
+
+def generator_info(source, config) -> dict:
+    """The ``generator`` section: the checkpoint (or sample set) that was audited."""
+    if config.samples is not None:
+        return {"kind": "samples", "path": str(config.samples), "n_samples": len(source),
+                "fingerprint": source.images.fingerprint(), "n_corrupt": source.images.n_corrupt}
+    return {"kind": "generator", **source.generator.info, "n_samples": len(source), "seed": config.seed}
+
+
+def embedder_info(embedder, device) -> dict:
+    """The ``embedder`` section (and ``memorization.copy_embedder``): the spec, device and weights."""
+    return asdict(embedder.spec) | {"device": str(device), "weights_sha256": embedder.weights_sha256(),
+                                    "weights_path": str(embedder.weights_path) if embedder.weights_path else None}
+
+
+def config_info(config) -> dict:
+    """The ``config`` section: every setting, paths as strings."""
+    return {k: (str(v) if hasattr(v, "__fspath__") else v) for k, v in asdict(config).items()}
+
+
+def versions() -> dict:
+    """The ``versions`` section. Called by an audit, when torch and faiss are loaded anyway."""
+    from importlib.metadata import version  # not `import sklearn`: 1.3 s of imports for a version string
+
+    import faiss
+    import numpy as np
+    import torch
+
+    import ganaudit
+
+    return {"ganaudit": ganaudit.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "faiss": faiss.__version__, "numpy": np.__version__, "sklearn": version("scikit-learn"),
+            "platform": platform.platform()}

@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from conftest import FIXTURES, load_folder_as_tensor, run_cli
-from ganaudit import augment
+from ganaudit.search import augment
 from ganaudit.config import AuditConfig
-from ganaudit.copysearch import CopySearcher, Matches, _keep_best
+from ganaudit.search.copy_search import CopySearcher, Matches, _keep_best
 from ganaudit.embedders import create_embedder
 from ganaudit.embedders.pixels import COPY_BLUR_SIGMA, blur_matrix, gaussian_taps
-from ganaudit.index import FlatIndex
+from ganaudit.search.index import FlatIndex
 from ganaudit.metrics.copy_stats import calibrate_threshold
-from ganaudit import summary_metrics
+from ganaudit.search.calibration import Reference, decide_flags, threshold_policy
 
 
 def _reference_descriptor(x: torch.Tensor) -> np.ndarray:
@@ -93,7 +93,7 @@ def shapes():
     holdout = load_folder_as_tensor(FIXTURES / "data" / "holdout")
     copy = create_embedder("pixels-copy", "cpu")
     index = FlatIndex(copy.embed(train), copy.spec.metric)
-    searcher = CopySearcher(index, copy, copy.spec.copy_tta, nearest_k=50, embedder=create_embedder("pixels", "cpu"))
+    searcher = CopySearcher(index, copy, copy.spec.copy_tta, copy_k=50, embedder=create_embedder("pixels", "cpu"))
     return train, holdout, searcher
 
 
@@ -153,39 +153,28 @@ def _spec(metric: str, published: float | None = None):
 
 
 def test_absolute_thresholds_come_from_the_user_or_the_embedder():
-    assert summary_metrics.absolute_threshold(_spec("ip", 0.75), AuditConfig()) == (0.75, "published")
-    assert summary_metrics.absolute_threshold(_spec("ip", 0.75), AuditConfig(copy_threshold="calibrated")) is None
-    assert summary_metrics.absolute_threshold(_spec("l2"), AuditConfig()) is None
-    assert summary_metrics.absolute_threshold(_spec("l2"), AuditConfig(copy_threshold=0.3)) == (0.3, "user")
-    assert summary_metrics.rank_key(_spec("ip", 0.75), AuditConfig()) == "similarity"
-    assert summary_metrics.rank_key(_spec("l2"), AuditConfig(copy_threshold=0.3)) == "distance"
+    published = threshold_policy(_spec("ip", 0.75), "auto")
+    assert (published.absolute, published.origin, published.source) == (0.75, "published", "paper")
+    assert threshold_policy(_spec("ip", 0.75), "calibrated").absolute is None
+    assert threshold_policy(_spec("l2"), "auto").absolute is None
+    assert (threshold_policy(_spec("l2"), 0.3).absolute, threshold_policy(_spec("l2"), 0.3).origin) == (0.3, "user")
+    assert threshold_policy(_spec("ip", 0.75), "auto").rank_by == "similarity"
+    assert threshold_policy(_spec("l2"), 0.3).rank_by == "distance"
+    assert threshold_policy(_spec("l2"), "auto").rank_by == "score"
     with pytest.raises(Exception, match=r"must lie in \[-1, 1\]"):
-        summary_metrics.absolute_threshold(_spec("ip"), AuditConfig(copy_threshold=2.0))
-
-
-class _Images:
-    def __len__(self):
-        return 3
-
-    def describe(self, i):
-        return f"img{i}"
+        threshold_policy(_spec("ip"), 2.0)
 
 
 def test_an_absolute_threshold_flags_by_similarity():
     gen = _matches([0.9, 0.1, 0.8], [0.1, 0.5, 0.3], [0.99, 0.7, 0.8])
-    reference = _matches(list(np.linspace(0.2, 1.0, 200)), [1.0] * 200, [0.5] * 200)
-    images = _Images()
-    source = SimpleNamespace(describe=lambda i: {"seed": [0, i]})
-    feats = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
-    out, flagged = summary_metrics.memorization_summary(
-        gen, reference, {"method": "holdout", "n_reference": 200}, source, images,
-        AuditConfig(copy_threshold=0.8), np.random.default_rng(1).normal(size=(10, 4)).astype(np.float32),
-        None, feats, _spec("ip"))
-    assert flagged.tolist() == [True, False, True]
-    assert out["threshold"] == 0.8 and out["calibration"]["method"] == "user"
-    assert out["calibration"]["threshold_on"] == "similarity"
-    assert out["calibration"]["p_value_reference"] == "holdout"
-    assert out["score_histogram"]["threshold"] is None
+    gen.names = ["identity"]
+    reference = Reference(_matches(list(np.linspace(0.2, 1.0, 200)), [1.0] * 200, [0.5] * 200), None,
+                          {"method": "holdout", "n_reference": 200})
+    flags = decide_flags(gen, reference, threshold_policy(_spec("ip"), 0.8), alpha=0.01, fdr_q=0.05, copy_k=50)
+    assert flags.flagged.tolist() == [True, False, True]
+    assert flags.threshold == 0.8 and flags.calibration["method"] == "user"
+    assert flags.calibration["threshold_on"] == "similarity"
+    assert flags.calibration["p_value_reference"] == "holdout"
 
 
 def test_cli_copy_embedder_and_threshold(tiny_sets, tmp_path):

@@ -19,7 +19,7 @@ from conftest import REPO, run_cli
 from ganaudit.errors import GanauditError
 from ganaudit.sources.arrays import ArrayFile
 from ganaudit.sources.datasets import open_image_set
-from ganaudit.sources.generated import GeneratorSource
+from ganaudit.sources.samples import GeneratorSamples
 from ganaudit.sources.generators import load_generator
 
 
@@ -164,7 +164,7 @@ def test_npz_with_optional_labels(tmp_path, compressed, label_key):
     _, batch = next(ds.batches(8, order))
     assert torch.equal(batch, torch.from_numpy(images[order]).permute(0, 3, 1, 2).float() / 255)
     assert torch.equal(ds.load(4), batch[0].new_tensor(images[4]).permute(2, 0, 1) / 255)
-    assert ds.describe(3) == "d.npz[3]"
+    assert ds.describe(3) == {"path": "d.npz[3]"}
 
 
 def test_array_rows_are_read_from_disk_not_loaded_whole(tmp_path):
@@ -223,7 +223,7 @@ def test_skip_corrupt_through_the_audit(train_with_corrupt, tiny_sets, tmp_path,
     assert result["train"]["n_corrupt"] == 2 and result["train"]["n_images"] == 120
     flagged = result["memorization"]["flagged"]
     assert len(flagged) > 30
-    source = GeneratorSource(load_generator(tiny_sets["copy_gen"], torch.device("cpu")), 60, seed=0)
+    source = GeneratorSamples(load_generator(tiny_sets["copy_gen"], torch.device("cpu")), 60, seed=0)
     train = open_image_set(train_with_corrupt)
     for entry in flagged[:10]:
         copied = train.load(train.paths.index(entry["train_path"]))

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ganaudit import weights as weights_mod
+from ganaudit.embedders import weights as weights_mod
 from ganaudit.embedders import REGISTRY, create_embedder, embedder_table, missing_dependency
 from ganaudit.embedders import dinov2, inception, sscd
 from ganaudit.embedders.base import Embedder
@@ -387,7 +387,7 @@ def test_fetch_weights_verifies_and_does_not_fetch_twice(tmp_path, monkeypatch):
 def test_importing_the_registry_loads_no_network_code():
     import subprocess
 
-    code = ("import sys, ganaudit.embedders, ganaudit.embedders.cache, ganaudit.weights; "
+    code = ("import sys, ganaudit.embedders, ganaudit.embedders.cache, ganaudit.embedders.weights; "
             "print(sorted(m for m in ('torchvision', 'open_clip', 'ganaudit.embedders.inception_net') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -410,7 +410,7 @@ def test_inception_class_logits_are_the_networks_fc_without_bias(hub, offline):
 
 def test_audit_reports_the_inception_score_only_with_inception():
     from ganaudit.metrics.inception_score import inception_score
-    from ganaudit.summary_metrics import _inception_score
+    from ganaudit.findings.coverage import _inception_score
 
     logits = np.random.default_rng(0).normal(size=(40, 1008)).astype(np.float32)
     row = _inception_score(logits, "inception")

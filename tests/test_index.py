@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import pairwise_distances
 
-from ganaudit.index import knn
+from ganaudit.search.index import knn
 
 
 def _brute(database, queries, k, metric):
@@ -58,7 +58,8 @@ def test_rejects_bad_arguments():
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_approximate_indexes_reach_high_measured_recall(kind, metric):
-    from ganaudit.index import build_index, recall_at_1
+    from ganaudit.search.index import build_index
+    from ganaudit.search.approximate import recall_at_1
 
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(50, 32)).astype(np.float32) * 4
@@ -75,7 +76,7 @@ def test_approximate_indexes_reach_high_measured_recall(kind, metric):
 
 
 def test_auto_index_is_exact_below_the_size_and_approximate_above():
-    from ganaudit.index import build_index
+    from ganaudit.search.index import build_index
 
     x = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
     assert build_index(x, kind="auto", approx_above=5000).kind == "flat"
@@ -83,7 +84,7 @@ def test_auto_index_is_exact_below_the_size_and_approximate_above():
 
 
 def test_approximate_index_leave_one_out():
-    from ganaudit.index import build_index
+    from ganaudit.search.index import build_index
 
     x = np.random.default_rng(5).normal(size=(3000, 8)).astype(np.float32)
     index = build_index(x, kind="hnsw")
@@ -99,7 +100,7 @@ def _clustered(seed, n=6_000, d=16):
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_index_is_cached_and_read_back(tmp_path, kind):
-    from ganaudit.index import build_index
+    from ganaudit.search.index import build_index
 
     x = _clustered(7)
     built = build_index(x, kind=kind, cache_dir=tmp_path)
@@ -114,7 +115,7 @@ def test_approximate_index_is_cached_and_read_back(tmp_path, kind):
 
 
 def test_index_cache_is_rebuilt_when_corrupt_and_kept_apart_for_other_settings(tmp_path, caplog):
-    from ganaudit.index import build_index
+    from ganaudit.search.index import build_index
 
     x = _clustered(8)
     build_index(x, kind="ivf", cache_dir=tmp_path)
@@ -133,7 +134,7 @@ def test_index_cache_is_rebuilt_when_corrupt_and_kept_apart_for_other_settings(t
 
 
 def test_index_cache_is_rebuilt_for_features_of_the_same_shape_but_other_values(tmp_path):
-    from ganaudit.index import build_index
+    from ganaudit.search.index import build_index
 
     x = _clustered(12)
     build_index(x, kind="ivf", cache_dir=tmp_path)
@@ -149,7 +150,7 @@ def test_an_unparseable_index_file_is_rebuilt(tmp_path, caplog):
     import hashlib
     import json
 
-    from ganaudit.index import build_index
+    from ganaudit.search.index import build_index
 
     x = _clustered(13)
     build_index(x, kind="hnsw", cache_dir=tmp_path)
@@ -164,7 +165,7 @@ def test_an_unparseable_index_file_is_rebuilt(tmp_path, caplog):
 
 
 def test_a_cache_that_cannot_be_written_does_not_stop_the_search(tmp_path, caplog):
-    from ganaudit.index import build_index
+    from ganaudit.search.index import build_index
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
@@ -174,7 +175,7 @@ def test_a_cache_that_cannot_be_written_does_not_stop_the_search(tmp_path, caplo
 
 
 def test_flat_index_is_never_written(tmp_path):
-    from ganaudit.index import build_index
+    from ganaudit.search.index import build_index
 
     index = build_index(_clustered(9, n=500), kind="flat", cache_dir=tmp_path)
     assert index.kind == "flat" and not index.cached and list(tmp_path.iterdir()) == []
@@ -220,7 +221,7 @@ def test_gpu_is_used_only_for_cuda_devices_with_a_gpu_faiss(fake_gpu_faiss, monk
 
     import torch
 
-    from ganaudit.index import faiss_gpu_id
+    from ganaudit.search.index import faiss_gpu_id
 
     assert faiss_gpu_id(torch.device("cuda", 1)) == 1
     assert faiss_gpu_id(torch.device("cuda")) == 0
@@ -232,7 +233,8 @@ def test_gpu_is_used_only_for_cuda_devices_with_a_gpu_faiss(fake_gpu_faiss, monk
 
 
 def test_gpu_indexes_are_moved_to_the_gpu_and_cached_as_cpu_copies(fake_gpu_faiss, tmp_path):
-    from ganaudit.index import build_index, recall_at_1
+    from ganaudit.search.index import build_index
+    from ganaudit.search.approximate import recall_at_1
 
     x = _clustered(10)
     flat = build_index(x, kind="flat", gpu=0)
@@ -252,7 +254,7 @@ def test_real_gpu_search_equals_cpu_search():
     faiss = pytest.importorskip("faiss")
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
         pytest.skip("needs faiss-gpu and a GPU")
-    from ganaudit.index import build_index
+    from ganaudit.search.index import build_index
 
     x = _clustered(11)
     d_cpu, i_cpu = build_index(x, kind="flat").search(x[:500], 5)
@@ -266,7 +268,8 @@ def test_real_gpu_ivf_is_seeded_cached_and_measured(tmp_path):
     faiss = pytest.importorskip("faiss")
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
         pytest.skip("needs faiss-gpu and a GPU")
-    from ganaudit.index import build_index, recall_at_1
+    from ganaudit.search.index import build_index
+    from ganaudit.search.approximate import recall_at_1
 
     x = _clustered(15)
     first = build_index(x, kind="ivf", seed=3, gpu=0, cache_dir=tmp_path)

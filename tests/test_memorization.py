@@ -344,7 +344,7 @@ def test_authenticity_extremes(data):
 
 
 def test_authenticity_accepts_precomputed_train_distances(data):
-    from ganaudit.index import knn
+    from ganaudit.search.index import knn
 
     train, gen = data["train"], data["fresh"][:500]
     loo = knn(train, train, 1, exclude_self=True)[0][:, 0]

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import run_cli
-from ganaudit.audit import resolve_device
-from ganaudit.batching import OomSplitter, is_out_of_memory
+from ganaudit.device import resolve_device
+from ganaudit.device import OomSplitter, is_out_of_memory
 from ganaudit.errors import GanauditError
-from ganaudit.sources.generated import GeneratorSource
+from ganaudit.sources.samples import GeneratorSamples
 from ganaudit.sources.generators import Generator, load_generator, sniff_format
 
 CPU = torch.device("cpu")
@@ -426,7 +426,7 @@ def test_class_weights_are_normalised_and_zero_weights_never_drawn(cond_files):
 
 
 def test_source_reports_the_label_of_each_sample(cond_files):
-    source = GeneratorSource(load_generator(cond_files["ts"], CPU, num_classes=4), 30, seed=2)
+    source = GeneratorSamples(load_generator(cond_files["ts"], CPU, num_classes=4), 30, seed=2)
     labels = np.concatenate([source.class_labels(i) for i, _ in source.batches(8)])
     assert labels.dtype == np.int64 and labels.shape == (30,)
     assert np.array_equal(labels, source.generator.class_labels(np.arange(30), 2).numpy())
@@ -528,7 +528,7 @@ def test_sampling_retries_smaller_batches_on_out_of_memory(arch, caplog):
     oom = arch.OomGen(limit=4)
     torch.manual_seed(0)
     oom.load_state_dict(_seeded(arch.TinyGen).state_dict())
-    source = GeneratorSource(Generator(oom, 8, CPU, value_range=(-1.0, 1.0)), 21, seed=0)
+    source = GeneratorSamples(Generator(oom, 8, CPU, value_range=(-1.0, 1.0)), 21, seed=0)
     with caplog.at_level(logging.WARNING, logger="ganaudit"):
         batches = list(source.batches(16))
     assert [len(i) for i, _ in batches] == [16, 5]  # the caller still gets the batches it asked for
@@ -539,7 +539,7 @@ def test_sampling_retries_smaller_batches_on_out_of_memory(arch, caplog):
 
 
 def test_sampling_out_of_memory_even_one_at_a_time(arch):
-    source = GeneratorSource(Generator(arch.OomGen(limit=0), 8, CPU), 10, seed=0)
+    source = GeneratorSamples(Generator(arch.OomGen(limit=0), 8, CPU), 10, seed=0)
     with pytest.raises(GanauditError, match="out of memory on cpu while sampling, even one image at a time"):
         next(source.batches(4))
 
@@ -691,7 +691,7 @@ def test_real_cuda_out_of_memory_is_split():
             return torch.tanh(z[:, :3, None, None].expand(-1, 3, 4, 4))
 
     gen = Generator(Hungry(), 8, torch.device("cuda"), value_range=(-1.0, 1.0))
-    source = GeneratorSource(gen, 8, seed=0)
+    source = GeneratorSamples(gen, 8, seed=0)
     [(indices, images)] = list(source.batches(8))
     assert source._splitter.limit in (1, 2) and len(indices) == 8
     expected = torch.cat([gen.sample(np.array([i]), 0) for i in range(8)])

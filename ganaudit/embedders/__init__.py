@@ -78,6 +78,23 @@ def create_embedder(name: str, device: torch.device | str, weights=None) -> Embe
     return factory(device, weights)
 
 
+def create_copy_embedder(name: str, embedder: Embedder, device: torch.device | str, weights=None) -> Embedder:
+    """The embedder copy search uses: ``name`` (``--copy-embedder``), or with ``"auto"`` the
+    embedder's declared copy descriptor (``spec.copy_embedder``), else ``embedder`` itself.
+
+    Args:
+        name: ``"auto"`` or an embedder name.
+        embedder: the audit's embedder (reused when the copy embedder is the same one).
+        device: where a new embedder runs.
+        weights: ``--copy-weights``.
+    """
+    if name == "auto":
+        name = embedder.spec.copy_embedder or embedder.spec.name
+    if name == embedder.spec.name and weights is None:
+        return embedder
+    return create_embedder(name, device, weights)
+
+
 def embedder_table() -> list[dict]:
     """One row per entry for ``ganaudit embedders``: name, dim, input, metric, weights."""
     rows = [{"name": name, "dim": str(spec.dim), "input": f"{spec.input_size[0]}x{spec.input_size[1]}",

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ganaudit.batching import OomSplitter
+from ganaudit.device import OomSplitter
 from ganaudit.plumbing import error_line
 
 RESIZE_METHODS = ("bicubic-antialias", "bilinear")

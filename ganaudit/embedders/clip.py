@@ -68,7 +68,7 @@ def factory(name: str):
     """The registry factory of the CLIP entry ``name``."""
 
     def create(device: torch.device, weights=None) -> ClipEmbedder:
-        from ganaudit.weights import find_weights
+        from ganaudit.embedders.weights import find_weights
 
         open_clip = import_open_clip()
         path = find_weights(name, weights)

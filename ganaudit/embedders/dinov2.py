@@ -165,7 +165,7 @@ def factory(name: str):
     """The registry factory of the DINOv2 entry ``name``."""
 
     def create(device: torch.device, weights=None) -> DinoV2Embedder:
-        from ganaudit.weights import find_weights
+        from ganaudit.embedders.weights import find_weights
 
         path = find_weights(name, weights)
         return DinoV2Embedder(name, load_network(name, path), device, path)

@@ -69,7 +69,7 @@ def load_network(path) -> torch.nn.Module:
 
 
 def create(device: torch.device, weights=None) -> InceptionEmbedder:
-    from ganaudit.weights import find_weights
+    from ganaudit.embedders.weights import find_weights
 
     path = find_weights("inception", weights)
     return InceptionEmbedder(load_network(path), device, path)

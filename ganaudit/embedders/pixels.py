@@ -23,7 +23,7 @@ float32 precision (cosines within 2e-7 on the fixture's training images) and cop
 On the shipped leaky fixture this catches every planted JPEG-q70 and ×1.15-brightness
 copy, where raw pixels catch 0 of 40 and 25 of 39 (tests/test_fixtures_e2e.py). Pixels are
 not aligned by the descriptor: shifted and cropped copies are re-aligned by its default
-test-time augmentations (1-pixel shift grid and zoom, see ``ganaudit.augment``).
+test-time augmentations (1-pixel shift grid and zoom, see ``ganaudit.search.augment``).
 """
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ class SSCDEmbedder(Embedder):
 
 
 def create(device: torch.device, weights=None) -> SSCDEmbedder:
-    from ganaudit.weights import find_weights
+    from ganaudit.embedders.weights import find_weights
 
     path = find_weights("sscd", weights)
     embedder = SSCDEmbedder(load_torchscript(path, "sscd"), device, path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ganaudit.features import as_features, check_same_dim
-from ganaudit.index import knn
+from ganaudit.search.index import knn
 
 KMEANS_ITERATIONS = 25
 INITS = ("faiss", "k-means++")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ganaudit.features import as_features, check_same_dim
-from ganaudit.index import knn
+from ganaudit.search.index import knn
 from ganaudit.metrics import tiles
 
 PRECISION = "precision"

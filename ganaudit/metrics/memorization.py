@@ -1,6 +1,6 @@
 """Memorisation metrics over feature arrays: copy scores, C_T, authenticity, MIA AUC.
 
-All neighbour search goes through ``ganaudit.index.knn`` (blockwise FAISS, Euclidean): no
+All neighbour search goes through ``ganaudit.search.index.knn`` (blockwise FAISS, Euclidean): no
 N×N matrix is ever built. Scores, thresholds, p-values and copy counts for flagging single
 samples are in ``ganaudit.metrics.copy_stats``.
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ganaudit.features import as_features, check_same_dim
-from ganaudit.index import knn
+from ganaudit.search.index import knn
 from ganaudit.metrics.clustering import kmeans_centroids, nearest_centroid
 from ganaudit.metrics.copy_stats import mann_whitney_u, rank_auc, relative_nn_score
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from ganaudit.features import as_features, check_same_dim
-from ganaudit.index import knn
+from ganaudit.search.index import knn
 from ganaudit.metrics.clustering import kmeans_centroids, nearest_centroid
 
 TOTAL = "total"

@@ -85,11 +85,19 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.paths) if self.paths is not None else len(self._array)
 
-    def describe(self, index: int) -> str:
-        """A human-readable name of image ``index`` (its path, or ``file[index]``)."""
+    def describe(self, index: int) -> dict:
+        """``{"path": ...}``: image ``index``'s path relative to ``location``, or ``file[index]``."""
         if self.paths is not None:
-            return self.paths[index]
-        return f"{self.location.name}[{index}]"
+            return {"path": self.paths[index]}
+        return {"path": f"{self.location.name}[{index}]"}
+
+    def class_labels(self, indices: np.ndarray) -> np.ndarray | None:
+        """``(B,)`` int64 class of images ``indices`` (class subfolders or array labels), or None."""
+        return None if self.labels is None else self.labels[np.asarray(indices)]
+
+    def subset(self, indices: np.ndarray) -> "ImageSubset":
+        """Images ``indices`` of this set, in that order, as a source indexed ``0..len(indices)-1``."""
+        return ImageSubset(self, np.asarray(indices, dtype=np.int64))
 
     def load(self, index: int) -> torch.Tensor:
         """Image ``index`` as a ``(3, H, W)`` float32 tensor in [0, 1]."""
@@ -186,6 +194,33 @@ class ImageSet:
                 h.update(rel.encode() + b"\0")
                 hash_file_into(h, self.location / rel)
         return h.hexdigest()
+
+
+class ImageSubset:
+    """Some images of an :class:`ImageSet`, in a given order (an ``ImageSource`` of its own).
+
+    Index ``p`` of the subset is image ``indices[p]`` of the set.
+    """
+
+    def __init__(self, images: ImageSet, indices: np.ndarray):
+        self.images, self.indices = images, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        position = {int(j): p for p, j in enumerate(self.indices)}
+        for chunk, batch in self.images.batches(batch_size, self.indices):
+            yield np.array([position[int(j)] for j in chunk], dtype=np.int64), batch
+
+    def load(self, index: int) -> torch.Tensor:
+        return self.images.load(int(self.indices[index]))
+
+    def describe(self, index: int) -> dict:
+        return self.images.describe(int(self.indices[index]))
+
+    def class_labels(self, indices: np.ndarray) -> np.ndarray | None:
+        return self.images.class_labels(self.indices[np.asarray(indices)])
 
 
 def _decode(path: Path, size: tuple[int, int] | None) -> torch.Tensor:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganaudit.batching import is_out_of_memory
+from ganaudit.device import is_out_of_memory
 from ganaudit.errors import GanauditError
 from ganaudit.plumbing import error_line, file_sha256, load_torchscript
 from ganaudit.sources.arrays import detect_range

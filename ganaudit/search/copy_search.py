@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ganaudit.augment import variants
+from ganaudit.search.augment import variants
 from ganaudit.embedders.base import Embedder
-from ganaudit.index import FlatIndex
+from ganaudit.progress import progress_bar
+from ganaudit.search.index import SearchIndex
 from ganaudit.metrics.copy_stats import cosine_to_distance, relative_nn_score
 
 # Variants are searched together until this many queries have gathered (fewer, larger
@@ -55,15 +56,15 @@ class CopySearcher:
     Args:
         index: the training set's copy features.
         copy_embedder: what made them; each variant of a batch is embedded with it.
-        augmentations: test-time augmentation families (``ganaudit.augment``).
-        nearest_k: neighbours the nearest distance is compared with.
+        augmentations: test-time augmentation families (``ganaudit.search.augment``).
+        copy_k: neighbours the nearest distance is compared with (``d1 / mean(d2..d_{k+1})``).
         embedder: the audit's embedder, when it is not ``copy_embedder``.
         rank_by: what picks an image's best variant: the lowest ``"score"`` (calibrated
             flags), the highest ``"similarity"`` or the lowest ``"distance"`` (absolute
             thresholds on those).
     """
 
-    def __init__(self, index: FlatIndex, copy_embedder: Embedder, augmentations: tuple[str, ...], nearest_k: int,
+    def __init__(self, index: SearchIndex, copy_embedder: Embedder, augmentations: tuple[str, ...], copy_k: int,
                  embedder: Embedder | None = None, rank_by: str = "score"):
         if rank_by not in ("score", "similarity", "distance"):
             raise ValueError(f"rank_by must be score, similarity or distance, got {rank_by!r}")
@@ -72,7 +73,7 @@ class CopySearcher:
         self.copy_embedder = copy_embedder
         self.embedder = embedder if embedder is not None else copy_embedder
         self.augmentations = augmentations
-        self.k = min(nearest_k, index.ntotal - 2)
+        self.k = min(copy_k, index.ntotal - 2)
         if self.k < 1:
             raise ValueError("the training set needs at least 3 images")
 
@@ -112,25 +113,34 @@ class CopySearcher:
         raw, idx = self.index.search(np.concatenate(group), self.k + 1, exclude=excluded)
         for j in range(len(group)):
             rows = slice(j * n, (j + 1) * n)
-            current = self._score(raw[rows], idx[rows], first + j)
+            current = matches_from_search(raw[rows], idx[rows], self.index.metric, first + j)
             best = current if best is None else _keep_best(best, current, self.rank_by)
         return best
 
-    def _score(self, raw: np.ndarray, idx: np.ndarray, aug: int) -> Matches:
-        if self.index.metric == "ip":
-            similarity = raw[:, 0].astype(np.float64)
-            dist = cosine_to_distance(raw)
-        else:
-            similarity = np.full(raw.shape[0], np.nan)
-            dist = raw
-        return Matches(
-            score=relative_nn_score(dist),
-            distance=dist[:, 0].astype(np.float64),
-            similarity=similarity,
-            train_index=idx[:, 0],
-            augmentation=np.full(raw.shape[0], aug, dtype=np.int16),
-            names=[],
-        )
+
+def matches_from_search(raw: np.ndarray, idx: np.ndarray, metric: str, augmentation: int = 0) -> Matches:
+    """Score each query from its ``k + 1`` nearest training images (``SearchIndex.search`` output).
+
+    Args:
+        raw: ``(M, k + 1)`` distances (``"l2"``) or cosine similarities (``"ip"``), best first.
+        idx: ``(M, k + 1)`` training indices.
+        metric: the index's metric.
+        augmentation: the variant these queries are, recorded in every row.
+    """
+    if metric == "ip":
+        similarity = raw[:, 0].astype(np.float64)
+        dist = cosine_to_distance(raw)
+    else:
+        similarity = np.full(raw.shape[0], np.nan)
+        dist = raw
+    return Matches(
+        score=relative_nn_score(dist),
+        distance=dist[:, 0].astype(np.float64),
+        similarity=similarity,
+        train_index=idx[:, 0],
+        augmentation=np.full(raw.shape[0], augmentation, dtype=np.int16),
+        names=[],
+    )
 
 
 def _keep_best(a: Matches, b: Matches, rank_by: str) -> Matches:
@@ -139,3 +149,51 @@ def _keep_best(a: Matches, b: Matches, rank_by: str) -> Matches:
     for name in ("score", "distance", "similarity", "train_index", "augmentation"):
         getattr(a, name)[take_b] = getattr(b, name)[take_b]
     return a
+
+
+@dataclass
+class SearchedSet:
+    """Everything searching a whole image source leaves behind (its images are not kept).
+
+    Attributes:
+        features: ``(N, D)`` float32 features under the audit's embedder.
+        copy_features: ``(≤ keep_copy_features, D')`` copy features of the first images.
+        matches: each image's best training match.
+        class_labels: ``(N,)`` int64 labels (conditional generators, labelled folders), or None.
+    """
+
+    features: np.ndarray
+    copy_features: np.ndarray
+    matches: Matches
+    class_labels: np.ndarray | None
+
+
+def search_source(source, searcher: CopySearcher, batch_size: int, label: str, progress: bool | None,
+                  exclude_of: np.ndarray | None = None, keep_copy_features: int = 0) -> SearchedSet:
+    """Embed and search every batch of an image source (``ganaudit.sources.ImageSource``).
+
+    Args:
+        source: what to search: generated samples, a holdout set, a subset of the training set.
+        searcher: the copy searcher.
+        batch_size: images per batch.
+        label, progress: the progress bar's label; whether to show it (None: on a terminal).
+        exclude_of: ``(N,)`` training index each image of ``source`` itself is (leave-one-out).
+        keep_copy_features: also keep the copy features of the first this many images.
+    """
+    feats, copy_feats, parts, labels = [], [], [], []
+    kept = 0
+    with progress_bar(len(source), label, progress) as bar:
+        for indices, batch in source.batches(batch_size):
+            exclude = None if exclude_of is None else exclude_of[indices]
+            f, c, m = searcher(batch, exclude=exclude)
+            feats.append(f)
+            if kept < keep_copy_features:
+                copy_feats.append(c[: keep_copy_features - kept])
+                kept += len(copy_feats[-1])
+            parts.append(m)
+            labels.append(source.class_labels(indices))
+            bar.update(len(indices))
+    has_labels = all(lab is not None for lab in labels)
+    copy = np.concatenate(copy_feats) if copy_feats else np.empty((0, searcher.copy_embedder.spec.dim), np.float32)
+    return SearchedSet(np.concatenate(feats), copy, Matches.concatenate(parts),
+                       np.concatenate(labels) if has_labels else None)

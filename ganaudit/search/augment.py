@@ -8,9 +8,10 @@ more than one augmented copy of itself.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch is imported where images are made, so the names above load without it
+    import torch
 
 AUGMENTATIONS = ("flip", "shift", "shift-grid", "zoom")
 SHIFT_PIXELS = 2
@@ -60,6 +61,8 @@ def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[t
 
 def shift(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     """Translate ``(B, C, H, W)`` images by ``(dx, dy)`` pixels, replicating the edges."""
+    import torch.nn.functional as F
+
     pad = max(abs(dx), abs(dy))
     h, w = images.shape[-2:]
     padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
@@ -71,6 +74,8 @@ def zoom_out(images: torch.Tensor, border: int) -> torch.Tensor:
     """Shrink ``(B, C, H, W)`` images to ``(H - 2·border, W - 2·border)`` about the centre,
     replicating the edges into the freed border: the inverse of cropping ``border`` pixels
     from each side and resizing back."""
+    import torch.nn.functional as F
+
     h, w = images.shape[-2:]
     if 2 * border >= min(h, w):
         raise ValueError(f"cannot zoom out by {border} pixels per side an image of {h}x{w}")

@@ -1,6 +1,7 @@
-"""Running a batched step under a device memory limit: split the batch and retry on out of memory.
+"""The compute device: which one to use, and running batched steps within its memory.
 
-Sampling and embedding both go through :class:`OomSplitter`. When a step runs out of device
+:func:`resolve_device` turns ``--device`` into a ``torch.device``. Sampling and embedding
+both go through :class:`OomSplitter`. When a step runs out of device
 memory, the splitter frees the allocator's cache, halves the chunk size and retries the chunk
 that failed; the smaller size is kept for the rest of the run, so the cost of finding it is
 paid once. Results are identical to an unsplit run because every step here is per-image (no
@@ -19,6 +20,17 @@ from ganaudit.errors import GanauditError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", torch.Tensor, np.ndarray)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must be present."""
+    cuda, mps = torch.cuda.is_available(), getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps_ok else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps_ok):
+        raise GanauditError(f"--device {name} was asked for but is not available here; use --device auto or cpu")
+    return torch.device(name)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

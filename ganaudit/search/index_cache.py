@@ -2,7 +2,7 @@
 
 An approximate index (IVF's k-means, HNSW's graph) takes minutes to build over a large
 training set and is the same every time for the same features and settings, so
-:func:`ganaudit.index.build_index` keeps it in a file named by :func:`key_of` (a hash of the
+:func:`ganaudit.search.index.build_index` keeps it in a file named by :func:`key_of` (a hash of the
 settings and of the features' bytes). The file is faiss's own format, written and read by
 faiss without a second copy in memory; a small JSON record beside it holds the full key and
 the file's SHA-256. Writes go to a temporary file moved into place, then the record; a run

@@ -1,6 +1,7 @@
 """The images under audit: drawn from a generator, or read from a folder/array of samples.
 
-Both give batches of ``(sample indices, images)`` and can produce any single sample again
+Both are image sources (:class:`ganaudit.sources.ImageSource`): they give batches of
+``(sample indices, images)`` and can produce any single sample again
 (the report re-generates the few it shows instead of keeping images during the run).
 """
 from __future__ import annotations
@@ -11,14 +12,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ganaudit.batching import OomSplitter
+from ganaudit.device import OomSplitter
 from ganaudit.sources.datasets import ImageSet
 from ganaudit.sources.generators import Generator
 
 log = logging.getLogger(__name__)
 
 
-class GeneratorSource:
+class GeneratorSamples:
     """``num_samples`` samples of a generator, sample ``i`` from latent seed ``[seed, i]``."""
 
     kind = "generator"
@@ -55,7 +56,7 @@ class GeneratorSource:
         return {"seed": [self.seed, int(index)]}
 
 
-class SampleSetSource:
+class SampleFiles:
     """Pre-generated samples read from disk (any model, diffusion included)."""
 
     kind = "samples"
@@ -73,7 +74,7 @@ class SampleSetSource:
         return self.images.load(index)
 
     def describe(self, index: int) -> dict:
-        return {"sample_path": self.images.describe(index)}
+        return self.images.describe(index)
 
     def class_labels(self, indices: np.ndarray) -> np.ndarray | None:
         """``(B,)`` int64 class label of each sample (a sample folder with class subfolders), else None."""
