@@ -35,82 +35,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CHECK_GROUPS = {"source": "what to audit", "generator": "generator", "run": "run", "outputs": "outputs"}
+
+
 def _add_check(p: argparse.ArgumentParser) -> None:
-    src = p.add_argument_group("what to audit")
-    src.add_argument("--generator", type=Path, help="checkpoint: .pt2 (torch.export), TorchScript, state_dict or .safetensors")
-    src.add_argument("--samples", type=Path, help="a folder or .npz of already generated images, instead of --generator")
-    src.add_argument("--train", type=Path, help="training images: a folder (class subfolders give modes) or .npz/.npy")
-    src.add_argument("--holdout", type=Path, help="held-out images from the training distribution (calibrates leak detection)")
-    src.add_argument("--skip-corrupt", action="store_true", default=None,
-                     help="skip unreadable image files (counted in the result) instead of stopping")
-    gen = p.add_argument_group("generator")
-    gen.add_argument("--z-dim", type=int, help="latent size, when the checkpoint does not say")
-    gen.add_argument("--arch", help="module:Class of the generator, for state_dict checkpoints")
-    gen.add_argument("--arch-kwargs", help="JSON keyword arguments for --arch")
-    gen.add_argument("--trust-checkpoint", action="store_true", default=None,
-                     help="allow loading a full pickle (runs code from the file: only for checkpoints you trust)")
-    gen.add_argument("--output-range", help="generator output range: -1,1 or 0,1 or 0,255 (default: detected)")
-    gen.add_argument("--num-classes", type=int, help="conditional generators: sample class labels 0..K-1 (uniform)")
-    gen.add_argument("--class-weights", type=_float_list, help="comma list of K class weights for --num-classes (normalised)")
-    gen.add_argument("--truncation", type=float, metavar="PSI", help="truncation psi, for generators that take one")
-    run = p.add_argument_group("run")
-    run.add_argument("--embedder", help="feature network (see `ganaudit embedders`; default pixels)")
-    run.add_argument("--weights", type=Path, help="weights file for the embedder")
-    run.add_argument("--cache-dir", type=Path, help="embedding cache (default $XDG_CACHE_HOME/ganaudit, else ~/.cache/ganaudit)")
-    run.add_argument("--no-cache", action="store_true", default=None, help="embed the training set again, without the cache")
-    run.add_argument("--num-samples", type=int, help="samples to draw from the generator (default 5000)")
-    run.add_argument("--seed", type=int, help="seed of the latents and of every random choice (default 0)")
-    run.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
-    run.add_argument("--batch-size", type=int, help="images per batch (default 128)")
-    run.add_argument("--alpha", type=float, help="calibrated false-positive rate of leak flags (default 0.01)")
-    run.add_argument("--tta", help="test-time augmentations for copy search: comma list of flip, shift, shift-grid, "
-                                   "zoom, or none (default: the copy embedder's, e.g. flip,shift)")
-    run.add_argument("--copy-embedder", help="features copy search uses (default auto: the embedder's copy descriptor, "
-                                             "e.g. pixels-copy for pixels; sscd for copy detection proper)")
-    run.add_argument("--copy-weights", type=Path, help="weights file for --copy-embedder")
-    run.add_argument("--copy-threshold", type=_copy_threshold,
-                     help="auto (published threshold if the copy embedder has one, else calibrated), calibrated, "
-                          "or an absolute value: cosine similarity (ip embedders) or distance (l2)")
-    run.add_argument("--index", help="training-set search: flat (exact), ivf, hnsw, or auto (exact up to 1M images)")
-    run.add_argument("--modes", type=int, help="cluster the training set into this many modes instead of using its labels")
-    run.add_argument("--config", type=Path, help="a ganaudit.toml or pyproject.toml (default: found in the working directory)")
-    out = p.add_argument_group("outputs")
-    out.add_argument("--html", type=Path, help="write the HTML report here")
-    out.add_argument("--json", type=Path, help="write the JSON result here")
-    out.add_argument("--junit", type=Path, help="write one JUnit test case per gate here")
-    out.add_argument("--baseline", type=Path, help="a previous result.json: fail on regressions against it")
-    out.add_argument("--warn-only", action="store_true", default=None, help="report failed gates but exit 0")
-    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress bars (default: on when stderr is a terminal)")
-    out.add_argument("-v", "--verbose", action="store_true", help="log each stage's decisions")
+    """``ganaudit check``: one flag per AuditConfig field that declares one (``config.Flag``)."""
+    from ganaudit.config import flag_fields
+
+    groups = {key: p.add_argument_group(title) for key, title in CHECK_GROUPS.items()}
+    for name, flag in flag_fields():
+        option = "--" + name.replace("_", "-")
+        if flag.kind == "switch":
+            groups[flag.group].add_argument(option, dest=name, action="store_true", default=None, help=flag.help)
+        elif flag.kind == "toggle":
+            groups[flag.group].add_argument(option, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                            help=flag.help)
+        else:
+            groups[flag.group].add_argument(option, dest=name, type=flag.parse or str, metavar=flag.metavar,
+                                            help=flag.help)
+    groups["run"].add_argument("--config", type=Path,
+                               help="a ganaudit.toml or pyproject.toml (default: found in the working directory)")
+    groups["outputs"].add_argument("-v", "--verbose", action="store_true", help="log each stage's decisions")
 
 
 def _flags(args: argparse.Namespace) -> dict:
-    names = ("generator", "samples", "train", "holdout", "z_dim", "arch", "arch_kwargs", "trust_checkpoint",
-             "output_range", "embedder", "weights", "num_samples", "seed", "device", "batch_size", "alpha",
-             "modes", "index", "baseline", "html", "json", "junit", "warn_only", "progress",
-             "cache_dir", "no_cache", "skip_corrupt", "num_classes", "class_weights", "truncation",
-             "copy_embedder", "copy_weights", "copy_threshold")
-    flags = {name: getattr(args, name) for name in names}
-    if args.tta is not None:
-        flags["tta"] = () if args.tta.strip() == "none" else tuple(a.strip() for a in args.tta.split(",") if a.strip())
-    return flags
+    """The config values given as flags (None where a flag was not given)."""
+    from ganaudit.config import flag_fields
 
-
-def _copy_threshold(text: str) -> float | str:
-    if text in ("auto", "calibrated"):
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto, calibrated or a number; got {text!r}") from None
-
-
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, like 1,1,2; got {text!r}") from None
+    return {name: getattr(args, name) for name, _ in flag_fields()}
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -7,10 +7,13 @@ default in a CI gate.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+import numbers as numbers_module
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,58 +29,130 @@ MAX_COPY_K = 1000
 
 
 @dataclass(frozen=True)
-class AuditConfig:
-    """Everything one audit needs. Paths are ``pathlib.Path``; ``None`` means not given."""
+class Flag:
+    """How a setting appears on the command line of ``ganaudit check`` (``--name-with-dashes``).
 
-    train: Path | None = None
-    generator: Path | None = None
-    samples: Path | None = None
-    holdout: Path | None = None
-    embedder: str = "pixels"
-    weights: Path | None = None
-    cache_dir: Path | None = None  # embedding cache; None: $XDG_CACHE_HOME/ganaudit or ~/.cache/ganaudit
-    no_cache: bool = False
-    num_samples: int = 5000
-    seed: int = 0
-    device: str = "auto"
-    batch_size: int = 128
-    z_dim: int | None = None
-    output_range: str | None = None
-    trust_checkpoint: bool = False
-    arch: str | None = None
-    arch_kwargs: str | None = None
-    num_classes: int | None = None  # conditional generators: labels 0..K-1 passed after z
-    class_weights: tuple[float, ...] | None = None  # per-class sampling weights (normalised); None: uniform
-    truncation: float | None = None  # truncation psi, passed to generators that take one
-    skip_corrupt: bool = False  # skip (and count) unreadable images instead of stopping
+    Attributes:
+        help: the ``--help`` text.
+        group: ``"source"``, ``"generator"``, ``"run"`` or ``"outputs"`` (the help's sections).
+        parse: turns the flag's text into the value (default: the text itself).
+        metavar: the placeholder in ``--help``.
+        kind: ``"value"`` (takes an argument), ``"switch"`` (``--x`` sets True) or
+            ``"toggle"`` (``--x`` / ``--no-x``).
+    """
+
+    help: str
+    group: str = "run"
+    parse: Callable[[str], Any] | None = None
+    metavar: str | None = None
+    kind: str = "value"
+
+
+def _setting(default, flag: Flag | None = None):
+    """A config field; with ``flag`` also a command-line flag, else a config-file setting only."""
+    return field(default=default, metadata={"flag": flag} if flag is not None else {})
+
+
+def _copy_threshold(text: str) -> float | str:
+    if text in COPY_THRESHOLD_MODES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, calibrated or a number; got {text!r}") from None
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, like 1,1,2; got {text!r}") from None
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    """``"flip, shift"`` → ``("flip", "shift")``; ``"none"`` → ``()``."""
+    return () if text.strip() == "none" else tuple(a.strip() for a in text.split(",") if a.strip())
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Everything one audit needs. Paths are ``pathlib.Path``; ``None`` means not given.
+
+    Fields with a :class:`Flag` are also flags of ``ganaudit check`` (the CLI is generated
+    from them); the rest are set in a config file only.
+    """
+
+    train: Path | None = _setting(None, Flag(
+        "training images: a folder (class subfolders give modes) or .npz/.npy", "source", Path))
+    generator: Path | None = _setting(None, Flag(
+        "checkpoint: .pt2 (torch.export), TorchScript, state_dict or .safetensors", "source", Path))
+    samples: Path | None = _setting(None, Flag(
+        "a folder or .npz of already generated images, instead of --generator", "source", Path))
+    holdout: Path | None = _setting(None, Flag(
+        "held-out images from the training distribution (calibrates leak detection)", "source", Path))
+    embedder: str = _setting("pixels", Flag("feature network (see `ganaudit embedders`; default pixels)"))
+    weights: Path | None = _setting(None, Flag("weights file for the embedder", parse=Path))
+    cache_dir: Path | None = _setting(None, Flag(
+        "embedding cache (default $XDG_CACHE_HOME/ganaudit, else ~/.cache/ganaudit)", parse=Path))
+    no_cache: bool = _setting(False, Flag("embed the training set again, without the cache", kind="switch"))
+    num_samples: int = _setting(5000, Flag("samples to draw from the generator (default 5000)", parse=int))
+    seed: int = _setting(0, Flag("seed of the latents and of every random choice (default 0)", parse=int))
+    device: str = _setting("auto", Flag("auto (cuda, then mps, then cpu), cpu, cuda or mps"))
+    batch_size: int = _setting(128, Flag("images per batch (default 128)", parse=int))
+    z_dim: int | None = _setting(None, Flag("latent size, when the checkpoint does not say", "generator", int))
+    output_range: str | None = _setting(None, Flag(
+        "generator output range: -1,1 or 0,1 or 0,255 (default: detected)", "generator"))
+    trust_checkpoint: bool = _setting(False, Flag(
+        "allow loading a full pickle (runs code from the file: only for checkpoints you trust)", "generator",
+        kind="switch"))
+    arch: str | None = _setting(None, Flag("module:Class of the generator, for state_dict checkpoints", "generator"))
+    arch_kwargs: str | None = _setting(None, Flag("JSON keyword arguments for --arch", "generator"))
+    num_classes: int | None = _setting(None, Flag(  # conditional generators: labels 0..K-1 passed after z
+        "conditional generators: sample class labels 0..K-1 (uniform)", "generator", int))
+    class_weights: tuple[float, ...] | None = _setting(None, Flag(  # normalised; None: uniform
+        "comma list of K class weights for --num-classes (normalised)", "generator", _float_list))
+    truncation: float | None = _setting(None, Flag(
+        "truncation psi, for generators that take one", "generator", float, metavar="PSI"))
+    skip_corrupt: bool = _setting(False, Flag(
+        "skip unreadable image files (counted in the result) instead of stopping", "source", kind="switch"))
     # memorisation
-    alpha: float = 0.01
+    alpha: float = _setting(0.01, Flag("calibrated false-positive rate of leak flags (default 0.01)", parse=float))
     fdr_q: float = 0.05
     nearest_k: int = 5
     copy_k: int = 50  # neighbours the nearest distance is compared with (Carlini et al. 2023)
-    tta: tuple[str, ...] | None = None  # None: the copy embedder's own default (its spec's copy_tta)
-    copy_embedder: str = "auto"  # features copy search uses; auto: the embedder's declared copy descriptor
-    copy_weights: Path | None = None  # weights file for a copy embedder other than the embedder
+    tta: tuple[str, ...] | None = _setting(None, Flag(  # None: the copy embedder's own default (spec.copy_tta)
+        "test-time augmentations for copy search: comma list of flip, shift, shift-grid, zoom, or none "
+        "(default: the copy embedder's, e.g. flip,shift)", parse=_name_list))
+    copy_embedder: str = _setting("auto", Flag(
+        "features copy search uses (default auto: the embedder's copy descriptor, e.g. pixels-copy for pixels; "
+        "sscd for copy detection proper)"))
+    copy_weights: Path | None = _setting(None, Flag("weights file for --copy-embedder", parse=Path))
     # auto: the copy embedder's published threshold if it has one, else calibrated from data;
     # calibrated: always from data; a number: absolute, in the copy embedder's metric units.
-    copy_threshold: float | str = "auto"
+    copy_threshold: float | str = _setting("auto", Flag(
+        "auto (published threshold if the copy embedder has one, else calibrated), calibrated, "
+        "or an absolute value: cosine similarity (ip embedders) or distance (l2)", parse=_copy_threshold))
     calibration_max: int = 5000
-    index: str = "auto"  # flat (exact), ivf, hnsw, or auto: exact up to approx_above training images
+    index: str = _setting("auto", Flag(  # auto: exact up to approx_above training images
+        "training-set search: flat (exact), ivf, hnsw, or auto (exact up to 1M images)"))
     approx_above: int = 1_000_000
     # coverage
     coverage_max_real: int = 10_000
-    modes: int | None = None
+    modes: int | None = _setting(None, Flag(
+        "cluster the training set into this many modes instead of using its labels", parse=int))
     kid_subsets: int = 10  # KID subsets of up to 1000 (the field's protocol uses 100; slower on CPU)
     mode_min_share_ratio: float = 0.25
     # gate and outputs
     gates: tuple[dict, ...] = ()
-    baseline: Path | None = None
+    baseline: Path | None = _setting(None, Flag(
+        "a previous result.json: fail on regressions against it", "outputs", Path))
     baseline_rules: tuple[dict, ...] = ()
-    warn_only: bool = False
-    html: Path | None = None
-    json: Path | None = None
-    junit: Path | None = None
-    progress: bool | None = None  # None: only when stderr is a terminal
+    warn_only: bool = _setting(False, Flag("report failed gates but exit 0", "outputs", kind="switch"))
+    html: Path | None = _setting(None, Flag("write the HTML report here", "outputs", Path))
+    json: Path | None = _setting(None, Flag("write the JSON result here", "outputs", Path))
+    junit: Path | None = _setting(None, Flag("write one JUnit test case per gate here", "outputs", Path))
+    progress: bool | None = _setting(None, Flag(  # None: only when stderr is a terminal
+        "progress bars (default: on when stderr is a terminal)", "outputs", kind="toggle"))
 
     def validate(self) -> "AuditConfig":
         """Check every value; raise GanauditError with a one-line message on the first bad one."""
@@ -132,19 +207,42 @@ def _check_copy_threshold(value) -> None:
 
 def _check_generator_inputs(config: AuditConfig) -> None:
     """``num_classes``, ``class_weights`` and ``truncation``."""
-    k, weights, psi = config.num_classes, config.class_weights, config.truncation
+    k, psi = config.num_classes, config.truncation
     _check(k is None or (isinstance(k, int) and k >= 1), f"--num-classes must be a positive integer, got {k!r}")
-    if weights is not None:
-        _check(k is not None, "--class-weights needs --num-classes")
-        numbers = isinstance(weights, (list, tuple)) and all(isinstance(w, (int, float)) for w in weights)
-        _check(numbers and len(weights) == k and all(0 <= w < float("inf") for w in weights) and sum(weights) > 0,
-               f"--class-weights must be {k} non-negative numbers (one per class) with a positive sum, got {weights!r}")
+    normalised_class_weights(config.class_weights, k)
     _check(psi is None or (isinstance(psi, (int, float)) and 0 <= psi < float("inf")),
            f"--truncation must be a non-negative number, got {psi!r}")
 
 
+def normalised_class_weights(weights, num_classes: int | None) -> tuple[float, ...] | None:
+    """``--class-weights`` checked against ``--num-classes`` and scaled to sum to 1 (None: uniform).
+
+    Raises:
+        GanauditError: weights without ``num_classes``, the wrong count, negative, infinite or
+            all zero.
+    """
+    if weights is None:
+        return None
+    _check(num_classes is not None, "--class-weights needs --num-classes")
+    if hasattr(weights, "__iter__") and not isinstance(weights, (str, bytes, dict)):
+        weights = list(weights)  # a tuple from the flag, a TOML list, a numpy array from the API
+    numbers = isinstance(weights, list) and all(isinstance(w, numbers_module.Real) and not isinstance(w, bool)
+                                                for w in weights)
+    _check(numbers and len(weights) == num_classes and all(0 <= w < float("inf") for w in weights)
+           and sum(weights) > 0,
+           f"--class-weights must be {num_classes} non-negative numbers (one per class) with a positive sum, "
+           f"got {weights!r}")
+    total = float(sum(weights))
+    return tuple(float(w) / total for w in weights)
+
+
 _FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
-_PATH_FIELDS = {"train", "generator", "samples", "holdout", "weights", "copy_weights", "html", "json", "junit", "baseline", "cache_dir"}
+_PATH_FIELDS = {f.name for f in _FIELDS.values() if getattr(f.metadata.get("flag"), "parse", None) is Path}
+
+
+def flag_fields() -> list[tuple[str, Flag]]:
+    """``(field name, Flag)`` of every setting that is a flag of ``ganaudit check``, in field order."""
+    return [(f.name, f.metadata["flag"]) for f in dataclasses.fields(AuditConfig) if "flag" in f.metadata]
 
 
 def find_config_file(start: Path) -> tuple[Path, dict] | None:

@@ -44,3 +44,14 @@ def check_same_dim(**arrays: np.ndarray) -> None:
     if len(set(dims.values())) > 1:
         listed = ", ".join(f"{name} has D={d}" for name, d in dims.items())
         raise ValueError(f"dimension mismatch: {listed}")
+
+
+def check_count(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int when it is an integer (not a bool) of at least ``minimum``, else ValueError."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)

@@ -10,33 +10,15 @@ from __future__ import annotations
 import operator
 from dataclasses import asdict, dataclass
 
+from ganaudit.catalog import gate_metrics
 from ganaudit.errors import GanauditError
 from ganaudit.result import AuditResult, dig
 
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 SEVERITIES = ("fail", "warn")
 
-# Every metric a gate may name, with its direction: True where higher is better.
-METRICS = {
-    "memorization.flagged_fraction": False,
-    "memorization.n_flagged": False,
-    "memorization.n_significant": False,
-    "memorization.ct_statistic": True,
-    "memorization.authenticity": True,
-    "memorization.mia_auc": False,
-    "coverage.precision": True,
-    "coverage.recall": True,
-    "coverage.density": True,
-    "coverage.coverage": True,
-    "coverage.fd": False,
-    "coverage.kd": False,
-    "coverage.duplicate_fraction": False,
-    "coverage.modes.covered_fraction": True,
-    "coverage.modes.kl_divergence": False,
-    "coverage.vendi": True,
-    "coverage.inception_score": True,
-    "coverage.support_size.estimate": True,
-}
+# Every metric a gate may name, with its direction (True where higher is better): the catalog's numbers.
+METRICS = gate_metrics()
 
 
 @dataclass(frozen=True)

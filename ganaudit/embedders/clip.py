@@ -49,21 +49,6 @@ def import_open_clip():
     return open_clip
 
 
-def open_clip_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("open_clip") is not None
-
-
-class ClipEmbedder(Embedder):
-    def __init__(self, name: str, visual: torch.nn.Module, device: torch.device, weights_path):
-        super().__init__(spec_for(name), device, weights_path)
-        self.visual = prepare_network(visual, self.device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.visual(x)
-
-
 def factory(name: str):
     """The registry factory of the CLIP entry ``name``."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.features import as_features, check_same_dim
+from ganaudit.features import as_features, check_count, check_same_dim
 from ganaudit.search.index import knn
 
 KMEANS_ITERATIONS = 25
@@ -35,13 +35,11 @@ def kmeans_centroids(x: np.ndarray, n_clusters: int, seed: int = 0, init: str = 
     import faiss
 
     x = as_features(x, "x")
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
-        raise ValueError(f"n_clusters must be an integer, got {n_clusters!r}")
-    if not 1 <= n_clusters <= x.shape[0]:
+    n_clusters = check_count(n_clusters, "n_clusters")
+    if n_clusters > x.shape[0]:
         raise ValueError(f"n_clusters must be in [1, {x.shape[0]}] (the sample count), got {n_clusters}")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    n_clusters = int(n_clusters)
 
     def new_kmeans(faiss_seed: int):
         # min_points_per_centroid=1: FAISS warns on stderr below 39 points per centroid; small cells are fine here.

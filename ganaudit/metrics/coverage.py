@@ -25,26 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.features import as_features, check_same_dim
+from ganaudit.features import as_features, check_count, check_same_dim
 from ganaudit.search.index import knn
 from ganaudit.metrics import tiles
 
-PRECISION = "precision"
-RECALL = "recall"
-DENSITY = "density"
-COVERAGE = "coverage"
-REAL_MEDIAN_NN = "real_median_nn"
-FAKE_MEDIAN_NN = "fake_median_nn"
-MEDIAN_NN_RATIO = "median_nn_ratio"
-
 DEFAULT_BLOCK_SIZE = 4096
-
-
-def _check_k(nearest_k: int) -> None:
-    if isinstance(nearest_k, bool) or not isinstance(nearest_k, (int, np.integer)):
-        raise ValueError(f"nearest_k must be an integer, got {nearest_k!r}")
-    if nearest_k < 1:
-        raise ValueError(f"nearest_k must be >= 1, got {nearest_k}")
 
 
 def knn_radii(x: np.ndarray, nearest_k: int = 5, block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
@@ -67,7 +52,7 @@ def knn_radii(x: np.ndarray, nearest_k: int = 5, block_size: int = DEFAULT_BLOCK
     Returns:
         ``(N,)`` float32 radii.
     """
-    _check_k(nearest_k)
+    check_count(nearest_k, "nearest_k")
     x = as_features(x, "x", min_rows=nearest_k + 1)
     return tiles.kth_neighbour_distances(x, nearest_k, block_size)
 
@@ -105,17 +90,17 @@ def prdc_from_radii(
     Returns:
         dict with float ``precision``, ``recall``, ``density``, ``coverage``.
     """
-    _check_k(nearest_k)
+    check_count(nearest_k, "nearest_k")
     real, fake = as_features(real, "real"), as_features(fake, "fake")
     check_same_dim(real=real, fake=fake)
     real_radii, fake_radii = _check_radii(real_radii, fake_radii, real.shape[0], fake.shape[0])
     covering_reals, real_covered, real_recalled = tiles.in_ball_counts(real, fake, real_radii, fake_radii, block_size)
     # The same reductions as prdc's, so the same float64 roundings.
     return {
-        PRECISION: float(np.mean(covering_reals > 0)),
-        RECALL: float(np.mean(real_recalled)),
-        DENSITY: float((1.0 / float(nearest_k)) * covering_reals.mean()),
-        COVERAGE: float(np.mean(real_covered)),
+        "precision": float(np.mean(covering_reals > 0)),
+        "recall": float(np.mean(real_recalled)),
+        "density": float((1.0 / float(nearest_k)) * covering_reals.mean()),
+        "coverage": float(np.mean(real_covered)),
     }
 
 
@@ -145,7 +130,7 @@ def prdc(
         >>> prdc(x, x, nearest_k=5)["coverage"]
         1.0
     """
-    _check_k(nearest_k)
+    check_count(nearest_k, "nearest_k")
     real = as_features(real, "real", min_rows=nearest_k + 1)
     fake = as_features(fake, "fake", min_rows=nearest_k + 1)
     check_same_dim(real=real, fake=fake)
@@ -262,4 +247,4 @@ def nn_distance_summary(
         ratio = fake_med / real_med
     else:  # all real samples have an exact duplicate
         ratio = float("inf") if fake_med > 0 else float("nan")
-    return {REAL_MEDIAN_NN: real_med, FAKE_MEDIAN_NN: fake_med, MEDIAN_NN_RATIO: ratio}
+    return {"real_median_nn": real_med, "fake_median_nn": fake_med, "median_nn_ratio": ratio}

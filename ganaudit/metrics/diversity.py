@@ -30,19 +30,6 @@ import numpy as np
 from ganaudit.metrics.copy_stats import binomial_ci
 from ganaudit.features import as_features
 
-ESTIMATE = "estimate"
-CI_LOW = "ci_low"
-CI_HIGH = "ci_high"
-N_PAIRS = "n_pairs"
-N_SAMPLES = "n_samples"
-LOWER_BOUND_ONLY = "lower_bound_only"
-UPPER_BOUND_ONLY = "upper_bound_only"
-BATCH_SIZE = "batch_size"
-N_BATCHES = "n_batches"
-N_BATCHES_WITH_DUPLICATE = "n_batches_with_duplicate"
-DUPLICATE_PROBABILITY = "duplicate_probability"
-PROBABILITY_CI_LOW = "probability_ci_low"
-PROBABILITY_CI_HIGH = "probability_ci_high"
 
 _GRAM_BLOCK_ROWS = 4096
 DEFAULT_PAIR_BLOCK_SIZE = 2048  # worst case (all pairs close): ~12 bytes × block² per tile
@@ -247,12 +234,12 @@ def support_size_from_pair_count(
     lower_bound_only = n_pairs == 0
     ci_low = all_pairs / high
     return {
-        ESTIMATE: ci_low if lower_bound_only else all_pairs / n_pairs,
-        CI_LOW: ci_low,
-        CI_HIGH: math.inf if lower_bound_only else all_pairs / low,
-        N_PAIRS: n_pairs,
-        N_SAMPLES: n_samples,
-        LOWER_BOUND_ONLY: lower_bound_only,
+        "estimate": ci_low if lower_bound_only else all_pairs / n_pairs,
+        "ci_low": ci_low,
+        "ci_high": math.inf if lower_bound_only else all_pairs / low,
+        "n_pairs": n_pairs,
+        "n_samples": n_samples,
+        "lower_bound_only": lower_bound_only,
     }
 
 
@@ -330,10 +317,10 @@ def birthday_batch_test(
     ci_low, ci_high = _support_from_probability(p_high, s), _support_from_probability(p_low, s)
     estimate = _support_from_probability(hits / n_batches, s)
     return {
-        BATCH_SIZE: s, N_BATCHES: n_batches, N_BATCHES_WITH_DUPLICATE: hits,
-        DUPLICATE_PROBABILITY: hits / n_batches,
-        PROBABILITY_CI_LOW: p_low, PROBABILITY_CI_HIGH: p_high,
-        ESTIMATE: ci_low if hits == 0 else ci_high if hits == n_batches else estimate,
-        CI_LOW: ci_low, CI_HIGH: ci_high,
-        LOWER_BOUND_ONLY: hits == 0, UPPER_BOUND_ONLY: hits == n_batches,
+        "batch_size": s, "n_batches": n_batches, "n_batches_with_duplicate": hits,
+        "duplicate_probability": hits / n_batches,
+        "probability_ci_low": p_low, "probability_ci_high": p_high,
+        "estimate": ci_low if hits == 0 else ci_high if hits == n_batches else estimate,
+        "ci_low": ci_low, "ci_high": ci_high,
+        "lower_bound_only": hits == 0, "upper_bound_only": hits == n_batches,
     }

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.features import as_features
+from ganaudit.features import as_features, check_count
 
-INCEPTION_SCORE_MEAN = "inception_score_mean"
-INCEPTION_SCORE_STD = "inception_score_std"
 
 DEFAULT_SPLITS = 10
 # Largest accepted |row sum - 1| of given probabilities (float32 softmax rounds to ~1e-6).
@@ -32,10 +30,7 @@ _PROBABILITY_SUM_ATOL = 1e-3
 
 
 def _check_splits(splits: int, n_samples: int) -> int:
-    if isinstance(splits, bool) or not isinstance(splits, (int, np.integer)):
-        raise ValueError(f"splits must be an integer, got {splits!r}")
-    if splits < 1:
-        raise ValueError(f"splits must be >= 1, got {splits}")
+    splits = check_count(splits, "splits")
     if splits > n_samples:
         raise ValueError(f"splits={splits} needs at least {splits} samples, got {n_samples}")
     return int(splits)

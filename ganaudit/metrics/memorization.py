@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.features import as_features, check_same_dim
+from ganaudit.features import as_features, check_count, check_same_dim
 from ganaudit.search.index import knn
 from ganaudit.metrics.clustering import kmeans_centroids, nearest_centroid
-from ganaudit.metrics.copy_stats import mann_whitney_u, rank_auc, relative_nn_score
+from ganaudit.metrics.copy_stats import mann_whitney_u, rank_auc
 
-# Carlini et al. (2023) compare the nearest distance with the mean over the 50 nearest.
-DEFAULT_RELATIVE_K = 50
 # Meehan et al.'s code keeps cells holding more than 20 generated samples (tau = 20 / m).
 MIN_GENERATED_PER_CELL = 20
 
@@ -24,35 +22,6 @@ MIN_GENERATED_PER_CELL = 20
 def _nearest_distance(database: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dist, idx = knn(database, queries, k=1)
     return dist[:, 0], idx[:, 0]
-
-
-def score_against_train(
-    train: np.ndarray, queries: np.ndarray, k: int = DEFAULT_RELATIVE_K, exclude_self: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Relative nearest-neighbour score of each query against the training set.
-
-    Args:
-        train: ``(N, D)`` float32 training features.
-        queries: ``(M, D)`` float32 features (generated, holdout, or ``train`` itself with
-            ``exclude_self`` for a leave-one-out reference).
-        k: number of further neighbours the nearest distance is compared with; needs
-            ``N >= k + 1`` (``k + 2`` with ``exclude_self``).
-        exclude_self: leave-one-out: query row i never matches training row i.
-
-    Returns:
-        ``(scores, nearest)``: ``(M,)`` float64 ``relative_nn_score`` (smaller = more like a
-        copy) and ``(M,)`` int64 index of each query's nearest training example.
-    """
-    train = as_features(train, "train")
-    queries = as_features(queries, "queries")
-    check_same_dim(train=train, queries=queries)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    needed = k + 1 + (1 if exclude_self else 0)
-    if train.shape[0] < needed:
-        raise ValueError(f"k={k} needs at least {needed} training samples, got {train.shape[0]}")
-    dist, idx = knn(train, queries, k=k + 1, exclude_self=exclude_self)
-    return relative_nn_score(dist), idx[:, 0]
 
 
 def _mann_whitney_z(generated: np.ndarray, holdout: np.ndarray) -> float:
@@ -89,8 +58,7 @@ def ct_statistic_from_cells(
     """
     hd, gd = np.asarray(holdout_dist, np.float64), np.asarray(generated_dist, np.float64)
     hc, gc = np.asarray(holdout_cells), np.asarray(generated_cells)
-    if isinstance(min_generated, bool) or not isinstance(min_generated, (int, np.integer)):
-        raise ValueError(f"min_generated must be an integer, got {min_generated!r}")
+    check_count(min_generated, "min_generated", minimum=0)
     if hd.ndim != 1 or hd.shape != hc.shape or gd.ndim != 1 or gd.shape != gc.shape:
         raise ValueError("each distance array must be 1-D and match its cell labels in length")
     cells, gen_counts = np.unique(gc, return_counts=True)

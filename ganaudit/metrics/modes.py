@@ -11,17 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ganaudit.features import as_features, check_same_dim
+from ganaudit.features import as_features, check_count, check_same_dim
 from ganaudit.search.index import knn
 from ganaudit.metrics.clustering import kmeans_centroids, nearest_centroid
 
-TOTAL = "total"
-COVERED = "covered"
-COVERED_FRACTION = "covered_fraction"
-MISSING = "missing"
-KL_DIVERGENCE = "kl_divergence"
-N_DISTINCT = "n_distinct"
-PER_MODE = "per_mode"
 
 DEFAULT_KL_SMOOTHING = 1e-6
 # Best of a few k-means++ initialisations: FAISS' own random init often merges two blobs.
@@ -185,8 +178,7 @@ def _mode_counts(labels: np.ndarray, n_modes: int, name: str) -> np.ndarray:
 
 
 def _check_coverage_args(n_modes, names, min_share_ratio) -> None:
-    if isinstance(n_modes, bool) or not isinstance(n_modes, (int, np.integer)) or n_modes < 1:
-        raise ValueError(f"n_modes must be a positive integer, got {n_modes!r}")
+    check_count(n_modes, "n_modes")
     if names is not None and len(names) != n_modes:
         raise ValueError(f"names has {len(names)} entries for n_modes={n_modes}")
     if not min_share_ratio > 0:
@@ -250,11 +242,11 @@ def mode_coverage(
     per_mode = _per_mode_rows(labels, train_counts, gen_counts, covered)
     missing = [m if names is None else labels[m] for m in np.flatnonzero(~covered).tolist()]
     return {
-        TOTAL: int(n_modes),
-        COVERED: int(covered.sum()),
-        COVERED_FRACTION: float(covered.mean()),
-        MISSING: missing,
-        KL_DIVERGENCE: kl_divergence(train_share, gen_share, smoothing),
-        N_DISTINCT: int((gen_counts > 0).sum()),
-        PER_MODE: per_mode,
+        "total": int(n_modes),
+        "covered": int(covered.sum()),
+        "covered_fraction": float(covered.mean()),
+        "missing": missing,
+        "kl_divergence": kl_divergence(train_share, gen_share, smoothing),
+        "n_distinct": int((gen_counts > 0).sum()),
+        "per_mode": per_mode,
     }

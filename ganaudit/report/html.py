@@ -35,9 +35,11 @@ def make_environment(template_dir: Path | None = None):
 
 def render_html(result, images: dict[str, str] | None = None, template_dir: Path | None = None) -> str:
     """Render the report of ``result``; ``images`` maps ``"sample:i"``/``"train:j"`` to data URIs."""
+    from ganaudit.catalog import headline_figures
     from ganaudit.report.images import MAX_COPIED, MAX_GALLERY
 
     env = make_environment(template_dir)
+    r = result.to_dict()
     return env.get_template("report.html.j2").render(
-        r=result.to_dict(), images=images or {}, max_gallery=MAX_GALLERY, max_copied=MAX_COPIED,
+        r=r, headline=headline_figures(r), images=images or {}, max_gallery=MAX_GALLERY, max_copied=MAX_COPIED,
     )

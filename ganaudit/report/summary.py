@@ -1,6 +1,8 @@
 """The short summary printed at the end of `ganaudit check`: verdict, key figures, outputs."""
 from __future__ import annotations
 
+from ganaudit.catalog import summary_figures
+
 
 def _threshold_words(mem: dict) -> str:
     cal = mem["calibration"]
@@ -10,21 +12,27 @@ def _threshold_words(mem: dict) -> str:
     return f"{cal['method']} threshold: {cal['threshold_on']} {sign} {mem['threshold']:g}"
 
 
+def _figure_lines(result: dict) -> list[str]:
+    """One line per result section of the catalog's summary figures."""
+    sections: dict[str, list[str]] = {}
+    for section, label, value in summary_figures(result):
+        sections.setdefault(section, []).append(f"{label} {value}")
+    names = {"memorization": "leaks", "coverage": "coverage"}
+    return [f"  {names.get(section, section):<9} " + " · ".join(items) for section, items in sections.items()]
+
+
 def render_summary(result, config) -> str:
-    mem, cov = result.memorization, result.coverage
-    modes = cov["modes"]
+    mem = result.memorization
+    modes = result.coverage["modes"]
     subject = result.generator.get("path", "?")
     lines = [
         f"ganaudit: {result.verdict.upper()}  {subject}  "
         f"({mem['n_samples']} samples vs {result.train['n_images']} training images, embedder {result.embedder['name']})",
-        f"  leaks     {mem['n_flagged']} of {mem['n_samples']} samples flagged ({mem['flagged_fraction']:.1%}; "
-        + _threshold_words(mem) + "), "
-        f"{len(mem['leaked_train_examples'])} training images copied",
-        f"  modes     {modes['covered']}/{modes['total']} covered ({modes['source']})"
+        *_figure_lines(result.to_dict()),
+        f"  flags     {mem['n_flagged']} of {mem['n_samples']} samples, {_threshold_words(mem)}",
+        f"  modes     from {modes['source']}"
         + (f"; missing: {', '.join(map(str, modes['missing'][:6]))}{' …' if len(modes['missing']) > 6 else ''}"
-           if modes["missing"] else ""),
-        f"  coverage  precision {cov['precision']:.3f}  recall {cov['recall']:.3f}  "
-        f"density {cov['density']:.3f}  coverage {cov['coverage']:.3f}  near-duplicates {cov['duplicate_fraction']:.1%}",
+           if modes["missing"] else "; none missing"),
     ]
     for g in result.gates:
         if g["status"] in ("fail", "warn"):

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ganaudit.device import is_out_of_memory
+from ganaudit.config import normalised_class_weights
 from ganaudit.errors import GanauditError
 from ganaudit.plumbing import error_line, file_sha256, load_torchscript
 from ganaudit.sources.arrays import detect_range
@@ -219,7 +220,7 @@ def load_generator(
     z_dim = _resolve_z_dim(signature.z_dim, z_dim)
     info["z_dim"] = z_dim
     check_conditional(signature, num_classes, path)
-    weights = _normalised_weights(class_weights, num_classes)
+    weights = normalised_class_weights(class_weights, num_classes)
     if num_classes is not None:
         info["num_classes"] = num_classes
         info["class_weights"] = list(weights) if weights is not None else "uniform"
@@ -245,20 +246,6 @@ def _load_pt2(path: Path):
     except Exception as e:
         raise GanauditError(f"--generator {path}: not a readable torch.export program: {error_line(e)}") from None
     return program.module(), signature_of_program(program)
-
-
-def _normalised_weights(weights, num_classes: int | None) -> tuple[float, ...] | None:
-    if weights is None:
-        return None
-    w = np.asarray(weights, dtype=np.float64)
-    if num_classes is None:
-        raise GanauditError("--class-weights needs --num-classes")
-    if w.shape != (num_classes,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise GanauditError(
-            f"--class-weights must be {num_classes} non-negative numbers (one per class) with a positive sum, "
-            f"got {list(weights)}"
-        )
-    return tuple(float(x) for x in w / w.sum())
 
 
 def _resolve_z_dim(found: int | None, given: int | None) -> int:

@@ -149,11 +149,6 @@ def state_dict_candidates(obj, prefix: str = ""):
                 yield from state_dict_candidates(obj[key], f"{prefix}{key}/")
 
 
-def find_state_dict(obj) -> tuple[dict | None, str | None]:
-    """The most preferred candidate of :func:`state_dict_candidates`, or ``(None, None)``."""
-    return next(iter(state_dict_candidates(obj)), (None, None))
-
-
 def _is_state_dict(obj) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
