@@ -65,8 +65,8 @@ def _support_size(r: dict) -> str:
 FIGURES: tuple[Figure, ...] = (
     Figure("memorization.flagged_fraction", False, "samples flagged as copies", "fraction",
            "Fraction of generated samples flagged as copies of a training image.", "pct", headline=True,
-           summary=True, note="{memorization.n_flagged} of {memorization.n_samples}; 95% CI "
-                              "{memorization.flagged_fraction_ci95.0:pct}–{memorization.flagged_fraction_ci95.1:pct}"),
+           summary=True, note="({memorization.n_flagged} of {memorization.n_samples}; 95% CI "
+                              "{memorization.flagged_fraction_ci95.0:pct}–{memorization.flagged_fraction_ci95.1:pct})"),
     Figure("memorization.n_flagged", False, "flagged samples", "count",
            "Number of generated samples flagged as copies.", "num0"),
     Figure("memorization.n_significant", False, "significant flags", "count",
@@ -88,7 +88,7 @@ FIGURES: tuple[Figure, ...] = (
            note="(training set: {coverage.vendi_train:num1})"),
     Figure("coverage.support_size.estimate", True, "support size", "images",
            "Birthday-paradox estimate of how many distinct images the generator makes.", "num0", headline=True,
-           shown=_support_size, note="distinct images the generator can make (birthday test)"),
+           shown=_support_size, note="(distinct images the generator can make; birthday test)"),
     Figure("coverage.inception_score", True, "Inception Score", "score",
            "Inception Score of the samples (needs --embedder inception).", "num2", headline=True,
            note="(± {coverage.inception_score_std:num2})", optional=True),
