@@ -35,6 +35,7 @@ class ModelRef:
 def import_mlflow():
     """Return the ``mlflow`` module, or raise GanauditError naming the extra to install."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in logs
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # the gate prints its own line
     try:
         import mlflow
     except ImportError:

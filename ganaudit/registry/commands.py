@@ -140,7 +140,8 @@ def _serve(args: argparse.Namespace) -> int:
     options = ServeOptions(gate=gate_options(args), host=args.host, port=args.port, queue=args.queue,
                            secret=secret, tolerance=args.tolerance, reconcile_every=args.reconcile_every,
                            models=tuple(args.models or ()), retry_max=args.retry_max)
-    return serve_forever(options)
+    logging.getLogger("ganaudit.registry").setLevel(logging.INFO)  # a service: say what it does
+    return serve_forever(options, announce=lambda line: print(line, flush=True))
 
 
 def _guarded(fn, args: argparse.Namespace) -> int:
