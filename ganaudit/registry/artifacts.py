@@ -56,12 +56,14 @@ class VersionArtifact:
     settings: dict = field(default_factory=dict)
 
 
-def download_version(version, dest: Path, tracking_uri: str) -> Path:
+def download_version(client, version, dest: Path, tracking_uri: str) -> Path:
     """Download every artifact of ``version`` (a ModelVersion) under ``dest``; return the local root."""
     mlflow = import_mlflow()
     uri = f"models:/{version.name}/{version.version}"
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest), tracking_uri=tracking_uri)
+    try:  # the concrete location, so that the download uses this registry and no global default
+        location = client.get_model_version_download_uri(version.name, version.version)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dest),
+                                                   tracking_uri=tracking_uri, registry_uri=tracking_uri)
     except Exception as e:
         if is_unavailable(e):
             raise RegistryUnavailable(f"MLflow registry unreachable while downloading {uri}: {_first_line(e)}") from e
@@ -155,7 +157,7 @@ def download_run_file(run_id: str, name: str, dest: Path, tracking_uri: str) -> 
     mlflow = import_mlflow()
     try:
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dest),
-                                                        tracking_uri=tracking_uri))
+                                                        tracking_uri=tracking_uri, registry_uri=tracking_uri))
     except Exception as e:
         if is_unavailable(e):
             raise RegistryUnavailable(f"MLflow registry unreachable while downloading {name} of run {run_id}") from e

@@ -16,6 +16,10 @@ from ganaudit.errors import GanauditError
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'ganaudit[mlflow]'"
+# MLflow's client retries a dead server for about four minutes by default; a gate says so in
+# seconds, and the receiver's queue retries with its own backoff. The environment overrides these.
+CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 _URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))/?")
 
 
@@ -46,6 +50,8 @@ def import_mlflow():
 def make_client(tracking_uri: str | None = None):
     """An ``MlflowClient`` for ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``)."""
     mlflow = import_mlflow()
+    for name, value in CLIENT_ENV.items():
+        os.environ.setdefault(name, value)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise GanauditError("no MLflow registry given: pass --tracking-uri URL or set MLFLOW_TRACKING_URI")

@@ -158,7 +158,7 @@ def _audit_and_record(client, version, key, experiment_id, policy, baseline: Bas
     from ganaudit.report import write_outputs
 
     try:
-        root = download_version(version, tmp / "version", options.tracking_uri)
+        root = download_version(client, version, tmp / "version", options.tracking_uri)
         artifact = find_generator(root, options.artifact, bool(options.flags.get("trust_checkpoint")))
     except VersionError as e:
         return record_error(client, version, key, str(e), options)

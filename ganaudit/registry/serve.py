@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -30,9 +29,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # MLflow's events are a few hundred bytes
 RETRY_BASE = 2.0
-# MLflow's client retries a dead server for minutes by default; the queue's backoff does it here.
-CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-              "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
 
 @dataclass(frozen=True)
@@ -53,8 +49,6 @@ class ServeOptions:
 
 def serve_forever(options: ServeOptions, announce=None) -> int:
     """Run the receiver until SIGTERM or SIGINT; returns the exit code (0)."""
-    for name, value in CLIENT_ENV.items():
-        os.environ.setdefault(name, value)
     queue = JobQueue(options.queue)
     resumed = queue.recover()
     if resumed:
