@@ -126,11 +126,11 @@ class MlflowServer(_Process):
 class Receiver(_Process):
     """``ganaudit mlflow serve`` on a free port, auditing against ``server`` with the small-run settings."""
 
-    def __init__(self, root: Path, server: MlflowServer, *extra: str):
+    def __init__(self, root: Path, server: MlflowServer, *extra: str, queue: Path | None = None):
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.queue = root / "queue.sqlite"
+        self.queue = queue or root / "queue.sqlite"
         env = dict(os.environ, GANAUDIT_WEBHOOK_SECRET=SECRET, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
         super().__init__([str(BIN / "ganaudit"), "mlflow", "serve", "--port", str(self.port), "--queue", str(self.queue),
                           "--tracking-uri", server.url, "--cache-dir", str(root / "cache"), *AUDIT_ARGS, *extra],

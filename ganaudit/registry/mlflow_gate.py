@@ -173,8 +173,9 @@ def _audit_and_record(client, version, key, experiment_id, policy, baseline: Bas
         result, context = audit_with_context(config)
     except RegistryUnavailable:
         raise
-    except GanauditError as e:
-        return record_error(client, version, key, str(e), options)
+    except GanauditError as e:  # name the file as it is in the registry, not in our temporary folder
+        reason = str(e).replace(f"{root.resolve()}/", "").replace(f"{root}/", "")
+        return record_error(client, version, key, reason, options)
     write_outputs(result, context, config)
     run_id = mlflow_log.log_run(client, experiment_id, version, key, result, out,
                                 {"artifact": artifact.relative, "policy_source": policy[1],
