@@ -200,12 +200,19 @@ def audit_runs(client, model: str, version: str | None = None, finished: bool = 
     return [r for r in runs if r.info.status == "FINISHED" or not finished]
 
 
+_SHARED: dict[str, MlflowServer] = {}
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    server.start()
-    yield server
-    server.stop()
+    """One server for the session. Each test module imports this fixture, which pytest then
+    instantiates once per module: they share the first one, and the first teardown stops it."""
+    if "server" not in _SHARED:
+        _SHARED["server"] = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+        _SHARED["server"].start()
+    yield _SHARED["server"]
+    if "server" in _SHARED:
+        _SHARED.pop("server").stop()
 
 
 def unique(prefix: str) -> str:

@@ -24,7 +24,7 @@ from ganaudit.registry.artifacts import VersionError, download_run_file, downloa
 from ganaudit.registry.client import ModelRef, RegistryUnavailable, not_found, registry_call, resolve_version
 from ganaudit.registry.policy import build_config, gate_key, load_policy, policy_digest
 from ganaudit.registry.tags import (
-    ERROR, FAIL, PASS, TAG_KEY, TAG_REASON, TAG_RUN_ID, TAG_VERDICT, error_tags, result_tags,
+    ERROR, FAIL, PASS, TAG_KEY, TAG_RUN_ID, TAG_VERDICT, error_tags, result_tags,
 )
 
 log = logging.getLogger(__name__)
@@ -194,5 +194,3 @@ def record_error(client, version, key: str, reason: str, options: GateOptions) -
     mlflow_log.apply_alias(client, version, False, options.alias)
     return GateOutcome(version.name, str(version.version), ERROR, None, reason)
 
-
-__all__ = ["GateOptions", "GateOutcome", "gate_version", "record_error", "TAG_REASON"]
