@@ -235,3 +235,14 @@ def test_an_unreachable_registry_is_a_clear_error_within_seconds(capsys):
                  "--train", str(FIXTURES / "data" / "train")]) == 2
     assert "MLflow registry unreachable" in capsys.readouterr().err
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tolerance", "0"], "must be positive"), (["--retry-max", "-1"], "must be positive"),
+    (["--reconcile-every", "0"], "must be positive"), (["--port", "70000"], "--port must be in 0..65535"),
+])
+def test_serve_rejects_bad_settings(capsys, monkeypatch, tmp_path, flags, message):
+    monkeypatch.setenv("GANAUDIT_WEBHOOK_SECRET", "s")
+    assert main(["mlflow", "serve", "--queue", str(tmp_path / "q.sqlite"), "--tracking-uri", "http://127.0.0.1:9",
+                 *flags]) == 2
+    assert message in capsys.readouterr().err
