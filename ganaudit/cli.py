@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ganaudit.errors import GanauditError
+from ganaudit.registry import add_commands as add_registry_commands
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch-weights", help="download an embedder's weights (on a connected machine)")
     fetch.add_argument("name", help="embedder name, e.g. inception, dinov2-vitb14, sscd")
     fetch.add_argument("--dest", type=Path, help="folder to put it in (default: the torch hub checkpoint folder)")
+    add_registry_commands(sub)  # `ganaudit mlflow gate|serve`; each sets args.handler
     return parser
 
 
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"check": cmd_check, "report": cmd_report, "embedders": cmd_embedders,
                 "fetch-weights": cmd_fetch_weights}
     try:
-        return commands[args.command](args)
+        return (getattr(args, "handler", None) or commands[args.command])(args)
     except GanauditError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
