@@ -30,6 +30,7 @@ from ganaudit.sources.datasets import open_image_set
 from ganaudit.sources.generated import GeneratorSource, SampleSetSource
 from ganaudit.sources.generators import load_generator
 from ganaudit import summary_metrics
+from ganaudit.review import hooks as review_hooks
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
             train_feats, holdout_feats, gen_feats, copy_embedder.spec,
         )
         memorization["index"] = index_info
+        review_hooks.annotate_memorization(memorization, train, index, train_copy_feats, config)  # issue 21
         memorization["copy_embedder"] = _embedder_info(copy_embedder, device) | {"tta": list(tta)}
         logits = embedder.class_logits(gen_feats) if hasattr(embedder, "class_logits") else None
         coverage = summary_metrics.coverage_summary(train, train_feats, gen_feats, gen_matches, config, logits)
@@ -168,11 +170,13 @@ def _embedder_info(embedder, device: torch.device) -> dict:
 def apply_gates(result: AuditResult, config: AuditConfig, baseline: AuditResult | None) -> None:
     """Evaluate the policy's gates (and the baseline rules) on ``result`` and set its verdict."""
     gates = gating.gates_from_config(config.gates) if config.gates else gating.DEFAULT_GATES
-    snapshot = result.to_dict()
+    review_hooks.apply_review(result, config)  # issue 21: waivers from the review file
+    snapshot = review_hooks.gate_view(result.to_dict())  # issue 21: waived flags do not count
     result.gates = gating.evaluate(gates, lambda metric: dig(snapshot, metric))
     if baseline is not None:
         result.gates += compare_with_baseline(result, snapshot, baseline, config)
     result.verdict = gating.verdict(result.gates, config.warn_only)
+    review_hooks.after_gates(result, baseline)  # issue 21: gate messages name waivers; baseline comparison
 
 
 def read_baseline(path) -> AuditResult:
@@ -194,7 +198,7 @@ def compare_with_baseline(result: AuditResult, snapshot: dict, baseline: AuditRe
     rules = gating.baseline_rules_from_config(config.baseline_rules) if config.baseline_rules else gating.DEFAULT_BASELINE_RULES
     result.baseline = {"path": str(config.baseline), "verdict": baseline.verdict,
                        "generator": baseline.generator.get("path"), "generator_sha256": baseline.generator.get("sha256")}
-    baseline_snapshot = baseline.to_dict()
+    baseline_snapshot = review_hooks.gate_view(baseline.to_dict())  # issue 21: the baseline's own waivers
     return gating.evaluate_baseline(rules, lambda m: dig(snapshot, m), lambda m: dig(baseline_snapshot, m))
 
 

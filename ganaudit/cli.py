@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ganaudit.errors import GanauditError
+from ganaudit.review.compare import add_compare_command
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("result", type=Path, help="a result.json written by `ganaudit check --json`")
     report.add_argument("--html", type=Path, required=True, help="where to write the report")
     report.add_argument("--template-dir", type=Path, help="a folder of templates overriding the shipped ones")
+    add_compare_command(sub)  # issue 21
     sub.add_parser("embedders", help="list the available embedders")
     fetch = sub.add_parser("fetch-weights", help="download an embedder's weights (on a connected machine)")
     fetch.add_argument("name", help="embedder name, e.g. inception, dinov2-vitb14, sscd")
@@ -79,6 +81,8 @@ def _add_check(p: argparse.ArgumentParser) -> None:
     out.add_argument("--json", type=Path, help="write the JSON result here")
     out.add_argument("--junit", type=Path, help="write one JUnit test case per gate here")
     out.add_argument("--baseline", type=Path, help="a previous result.json: fail on regressions against it")
+    out.add_argument("--review-file", type=Path, help="waivers (default: ganaudit-review.toml in the working directory, if any)")
+    out.add_argument("--model-card", type=Path, help="write a model-card section (Markdown, Hugging Face model-index) here")
     out.add_argument("--warn-only", action="store_true", default=None, help="report failed gates but exit 0")
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bars (default: on when stderr is a terminal)")
@@ -90,7 +94,7 @@ def _flags(args: argparse.Namespace) -> dict:
              "output_range", "embedder", "weights", "num_samples", "seed", "device", "batch_size", "alpha",
              "modes", "index", "baseline", "html", "json", "junit", "warn_only", "progress",
              "cache_dir", "no_cache", "skip_corrupt", "num_classes", "class_weights", "truncation",
-             "copy_embedder", "copy_weights", "copy_threshold")
+             "copy_embedder", "copy_weights", "copy_threshold", "review_file", "model_card")
     flags = {name: getattr(args, name) for name in names}
     if args.tta is not None:
         flags["tta"] = () if args.tta.strip() == "none" else tuple(a.strip() for a in args.tta.split(",") if a.strip())
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"check": cmd_check, "report": cmd_report, "embedders": cmd_embedders,
                 "fetch-weights": cmd_fetch_weights}
     try:
-        return commands[args.command](args)
+        return commands.get(args.command, getattr(args, "handler", None))(args)
     except GanauditError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR

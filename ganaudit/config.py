@@ -17,6 +17,7 @@ from typing import Any
 from ganaudit.augment import AUGMENTATIONS
 from ganaudit.errors import GanauditError
 from ganaudit.gate import baseline_rules_from_config, gates_from_config
+from ganaudit.review.hooks import check_review_file
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OUTPUT_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}
@@ -78,6 +79,8 @@ class AuditConfig:
     json: Path | None = None
     junit: Path | None = None
     progress: bool | None = None  # None: only when stderr is a terminal
+    review_file: Path | None = None  # issue 21: waivers; None: ganaudit-review.toml in the working directory, if any
+    model_card: Path | None = None  # issue 21: write a model-card section (Markdown + model-index YAML) here
 
     def validate(self) -> "AuditConfig":
         """Check every value; raise GanauditError with a one-line message on the first bad one."""
@@ -113,6 +116,7 @@ class AuditConfig:
                f"mode_min_share_ratio must be in (0, 1], got {self.mode_min_share_ratio}")
         gates_from_config(self.gates)
         baseline_rules_from_config(self.baseline_rules)
+        check_review_file(self)  # issue 21: a mistake in the review file fails before the audit runs
         return self
 
 
@@ -144,7 +148,8 @@ def _check_generator_inputs(config: AuditConfig) -> None:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
-_PATH_FIELDS = {"train", "generator", "samples", "holdout", "weights", "copy_weights", "html", "json", "junit", "baseline", "cache_dir"}
+_PATH_FIELDS = {"train", "generator", "samples", "holdout", "weights", "copy_weights", "html", "json", "junit", "baseline", "cache_dir",
+                "review_file", "model_card"}
 
 
 def find_config_file(start: Path) -> tuple[Path, dict] | None:

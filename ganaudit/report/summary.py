@@ -1,6 +1,8 @@
 """The short summary printed at the end of `ganaudit check`: verdict, key figures, outputs."""
 from __future__ import annotations
 
+from ganaudit.review.hooks import summary_lines
+
 
 def _threshold_words(mem: dict) -> str:
     cal = mem["calibration"]
@@ -26,6 +28,7 @@ def render_summary(result, config) -> str:
         f"  coverage  precision {cov['precision']:.3f}  recall {cov['recall']:.3f}  "
         f"density {cov['density']:.3f}  coverage {cov['coverage']:.3f}  near-duplicates {cov['duplicate_fraction']:.1%}",
     ]
+    lines += summary_lines(result)  # issue 21: waivers and stale waivers
     for g in result.gates:
         if g["status"] in ("fail", "warn"):
             lines.append(f"  {g['status'].upper():<5} gate {g['name']}: {g['message']}")
