@@ -160,27 +160,41 @@ def _leaks(baseline: dict, candidate: dict) -> dict:
             "gone": sorted((row(k) for k in b if k not in c), key=by_count)}
 
 
-def _fmt(value) -> str:
+def _fmt(value, sign: str = "") -> str:
+    """A figure for the terminal: integers as such, 4 decimals in [0.001, 10000), else 4 digits."""
     if value is None:
         return "n/a"
-    if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1:
-        return f"{value:g}"
-    return f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:{sign}d}"
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:{sign}.4f}"
+    return f"{value:{sign}.1f}" if abs(value) >= 1e4 else f"{value:{sign}.4g}"
+
+
+def _review_words(side: dict) -> str:
+    return f"; {side['n_waived']} flags waived by {side['review_file']}" if side["review_file"] else ""
+
+
+def _same_type(row: dict):
+    """The change as an int when both figures are ints (counts)."""
+    if isinstance(row["baseline"], int) and isinstance(row["candidate"], int):
+        return row["candidate"] - row["baseline"]
+    return row["change"]
 
 
 def render_compare_summary(comparison: dict, html: Path | None = None) -> str:
     """The terminal summary of a comparison."""
     b, c = comparison["baseline"], comparison["candidate"]
     lines = [f"ganaudit compare: baseline {b['verdict'].upper()} -> candidate {c['verdict'].upper()}",
-             f"  baseline   {b['path']}  ({b['n_samples']} samples)",
-             f"  candidate  {c['path']}  ({c['n_samples']} samples)",
+             f"  baseline   {b['path']}  ({b['n_samples']} samples{_review_words(b)})",
+             f"  candidate  {c['path']}  ({c['n_samples']} samples{_review_words(c)})",
              f"  {'figure':<48} {'baseline':>10} {'candidate':>10} {'change':>10}"]
     for row in comparison["figures"]:
-        change = "" if row["change"] is None else f"{row['change']:+.4f}"
+        change = "" if row["change"] is None else _fmt(_same_type(row), "+")
         lines.append(f"  {row['metric']:<48} {_fmt(row['baseline']):>10} {_fmt(row['candidate']):>10} "
                      f"{change:>10}  {row['direction']}")
     for gate in comparison["gates"]:
-        if gate["baseline"] != gate["candidate"]:
+        if gate["baseline"] and gate["candidate"] and gate["baseline"] != gate["candidate"]:
             lines.append(f"  gate {gate['name']}: {gate['baseline'] or 'absent'} -> {gate['candidate'] or 'absent'}")
     modes = comparison["modes"]
     if modes["comparable"]:

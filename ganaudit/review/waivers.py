@@ -128,14 +128,14 @@ def _parse_waiver(entry: dict, number: int, source: str) -> Waiver:
                             f"image; the report gives it), got {digest!r}")
     if "seed" in entry and "sample_path" in entry:
         raise GanauditError(f"{where}: give seed or sample_path, not both")
+    reviewer = _text(entry["reviewer"], f"{where}: reviewer", "who decided")  # checked in the snippet's order
     date = _date(entry["date"], f"{where}: date", "the day of the decision")
+    reason = _text(entry["reason"], f"{where}: reason", "why the finding is accepted")
     expires = _date(entry["expires"], f"{where}: expires", "the last day it holds") if "expires" in entry else None
     if expires is not None and expires < date:
         raise GanauditError(f"{where}: expires {expires.isoformat()} is before its date {date.isoformat()}")
     return Waiver(
-        number=number, train_sha256=digest.lower(), date=date, expires=expires,
-        reviewer=_text(entry["reviewer"], f"{where}: reviewer", "who decided"),
-        reason=_text(entry["reason"], f"{where}: reason", "why the finding is accepted"),
+        number=number, train_sha256=digest.lower(), reviewer=reviewer, date=date, reason=reason, expires=expires,
         train_path=_text(entry["train_path"], f"{where}: train_path", "the image's path", False) if "train_path" in entry else None,
         seed=_seed(entry["seed"], where) if "seed" in entry else None,
         sample_path=_text(entry["sample_path"], f"{where}: sample_path", "the sample file", False) if "sample_path" in entry else None,
