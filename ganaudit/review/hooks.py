@@ -57,7 +57,7 @@ def apply_review(result, config, today: dt.date | None = None) -> None:
     """Set ``result.review`` from the review file (``config.review_file`` or the one found), or None."""
     from ganaudit.review.content import file_sha256
 
-    path = wv.find_review_file(getattr(config, "review_file", None), Path.cwd())
+    path = wv.find_review_file(getattr(config, "review_file", None), Path())
     if path is None:
         result.review = None
         return
@@ -69,7 +69,7 @@ def apply_review(result, config, today: dt.date | None = None) -> None:
 
 def check_review_file(config) -> None:
     """Parse the review file before the audit runs, so a mistake in it costs no audit."""
-    path = wv.find_review_file(getattr(config, "review_file", None), Path.cwd())
+    path = wv.find_review_file(getattr(config, "review_file", None), Path())
     if path is not None:
         wv.read_review_file(path)
 

@@ -149,11 +149,12 @@ def render_model_card(result) -> str:
              "| gate | condition | value | status |", "|---|---|---|---|"]
     for g in r["gates"]:
         value = "n/a" if g.get("value") is None else _figure_text(g["value"])
-        lines.append(f"| {g['name']} | `{g['metric']}` {g['op']} {g.get('threshold')} | {value} | {g['status']} |")
+        threshold = "n/a" if g.get("threshold") is None else _figure_text(g["threshold"])
+        lines.append(f"| {_cell(g['name'])} | `{g['metric']}` {g['op']} {threshold} | {value} | {g['status']} |")
     lines += ["", "| figure | value |", "|---|---|"]
     for row in card_metrics(r):
         lines.append(f"| {row['name']} | {_figure_text(row['value'])} |")
-    lines += ["", f"{len(mem['leaked_train_examples'])} training image(s) are copied by at least one flagged sample."]
+    lines += ["", f"{len(mem['leaked_train_examples'])} training image(s) are copied by at least one flagged sample.", ""]
     lines += _review_lines(r.get("review"))
     return "\n".join(lines) + "\n"
 

@@ -274,5 +274,5 @@ def waiver_snippet(entry: dict, any_sample: bool = False) -> str:
     elif not any_sample and entry.get("sample_path"):
         lines.append(f"sample_path = {toml_string(entry['sample_path'])}  # this sample only")
     lines += ['reviewer = ""', 'date = ""  # the day of the decision, like 2025-01-31', 'reason = ""',
-              "# expires = 2026-01-31"]
+              "# expires = 2030-12-31  (optional: the last day the waiver holds)"]
     return "\n".join(lines) + "\n"
