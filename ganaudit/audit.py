@@ -23,6 +23,7 @@ from ganaudit.findings.coverage import coverage_section
 from ganaudit.findings.memorization import memorization_section
 from ganaudit.findings.per_class import per_class_sections
 from ganaudit.result import AuditResult
+from ganaudit.review import hooks as review
 from ganaudit.search.approximate import recall_at_1
 from ganaudit.search.calibration import decide_flags, reference_scores, threshold_policy
 from ganaudit.search.copy_search import CopySearcher, search_source
@@ -98,6 +99,7 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         evidence = Evidence(train, source, train_feats, generated, reference, flags)
         memorization = memorization_section(evidence, config)
         memorization["index"] = index_info
+        review.annotate_memorization(memorization, train, index, train_copy_feats, config)
         memorization["copy_embedder"] = provenance.embedder_info(copy_embedder, device) | {"tta": list(tta)}
         logits = embedder.class_logits(generated.features) if hasattr(embedder, "class_logits") else None
         coverage = coverage_section(evidence, config, logits)
@@ -110,7 +112,7 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         train=provenance.set_info(train), holdout=provenance.set_info(holdout) if holdout else None,
         config=provenance.config_info(config), timings=timings, versions=provenance.versions(),
     )
-    gate.apply_gates(result, config.gates, config.warn_only, baseline, config.baseline, config.baseline_rules)
+    review.gate_with_review(result, config, baseline)
     timings["total"] = round(time.perf_counter() - started, 3)
     return result, AuditContext(source, train, holdout)
 

@@ -67,6 +67,9 @@ FIGURES: tuple[Figure, ...] = (
            "Fraction of generated samples flagged as copies of a training image.", "pct", headline=True,
            summary=True, note="({memorization.n_flagged} of {memorization.n_samples}; 95% CI "
                               "{memorization.flagged_fraction_ci95.0:pct}–{memorization.flagged_fraction_ci95.1:pct})"),
+    Figure("review.counted.flagged_fraction", False, "flagged and not waived", "fraction",
+           "Fraction of samples flagged and not waived by the review file: what the leak gate counts.", "pct",
+           headline=True, gate=False, optional=True, note="(what the leak gate counts; {review.n_waived} waived)"),
     Figure("memorization.n_flagged", False, "flagged samples", "count",
            "Number of generated samples flagged as copies.", "num0"),
     Figure("memorization.n_significant", False, "significant flags", "count",

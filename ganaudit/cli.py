@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ganaudit.errors import GanauditError
 from ganaudit.registry import add_commands as add_registry_commands
+from ganaudit.review.compare import add_compare_command
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("result", type=Path, help="a result.json written by `ganaudit check --json`")
     report.add_argument("--html", type=Path, required=True, help="where to write the report")
     report.add_argument("--template-dir", type=Path, help="a folder of templates overriding the shipped ones")
+    add_compare_command(sub)  # `ganaudit compare BASELINE CANDIDATE`; sets args.handler
     sub.add_parser("embedders", help="list the available embedders")
     fetch = sub.add_parser("fetch-weights", help="download an embedder's weights (on a connected machine)")
     fetch.add_argument("name", help="embedder name, e.g. inception, dinov2-vitb14, sscd")

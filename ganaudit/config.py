@@ -20,6 +20,7 @@ from typing import Any
 from ganaudit.search.augment import AUGMENTATIONS
 from ganaudit.errors import GanauditError
 from ganaudit.gate import baseline_rules_from_config, gates_from_config
+from ganaudit.review.hooks import check_review_file
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OUTPUT_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}
@@ -153,6 +154,10 @@ class AuditConfig:
     junit: Path | None = _setting(None, Flag("write one JUnit test case per gate here", "outputs", Path))
     progress: bool | None = _setting(None, Flag(  # None: only when stderr is a terminal
         "progress bars (default: on when stderr is a terminal)", "outputs", kind="toggle"))
+    review_file: Path | None = _setting(None, Flag(  # None: ganaudit-review.toml in the working directory, if any
+        "waivers (default: ganaudit-review.toml in the working directory, if any)", "outputs", Path))
+    model_card: Path | None = _setting(None, Flag(
+        "write a model-card section (Markdown, Hugging Face model-index) here", "outputs", Path))
 
     def validate(self) -> "AuditConfig":
         """Check every value; raise GanauditError with a one-line message on the first bad one."""
@@ -188,6 +193,7 @@ class AuditConfig:
                f"mode_min_share_ratio must be in (0, 1], got {self.mode_min_share_ratio}")
         gates_from_config(self.gates)
         baseline_rules_from_config(self.baseline_rules)
+        check_review_file(self)  # a mistake in the review file costs no audit
         return self
 
 

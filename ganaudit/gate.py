@@ -158,7 +158,7 @@ def evaluate_baseline(rules: tuple[BaselineRule, ...], lookup, baseline_lookup) 
 
 def apply_gates(result: AuditResult, gates_config: tuple[dict, ...], warn_only: bool,
                 baseline: AuditResult | None = None, baseline_path=None,
-                baseline_rules_config: tuple[dict, ...] = ()) -> None:
+                baseline_rules_config: tuple[dict, ...] = (), view=lambda snapshot: snapshot) -> None:
     """Evaluate the policy's gates (and the baseline rules) on ``result`` and set its verdict.
 
     Args:
@@ -167,12 +167,15 @@ def apply_gates(result: AuditResult, gates_config: tuple[dict, ...], warn_only: 
         baseline: an earlier result to compare with, read by :func:`read_baseline`.
         baseline_path: where it was read from (recorded in ``result.baseline``).
         baseline_rules_config: the config's baseline rules (empty: ``DEFAULT_BASELINE_RULES``).
+        view: the result as gates read it, from its dict (and the baseline's); the review's
+            ``gate_view`` counts only flags that are not waived.
     """
     gates = gates_from_config(gates_config) if gates_config else DEFAULT_GATES
-    snapshot = result.to_dict()
+    snapshot = view(result.to_dict())
     result.gates = evaluate(gates, lambda metric: dig(snapshot, metric))
     if baseline is not None:
-        result.gates += _compare_with_baseline(result, snapshot, baseline, baseline_path, baseline_rules_config)
+        result.gates += _compare_with_baseline(result, snapshot, view(baseline.to_dict()), baseline, baseline_path,
+                                               baseline_rules_config)
     result.verdict = verdict(result.gates, warn_only)
 
 
@@ -184,8 +187,8 @@ def read_baseline(path) -> AuditResult:
         raise GanauditError(f"--baseline {path}: not a readable ganaudit JSON result ({e})") from None
 
 
-def _compare_with_baseline(result: AuditResult, snapshot: dict, baseline: AuditResult, baseline_path,
-                           rules_config: tuple[dict, ...]) -> list[dict]:
+def _compare_with_baseline(result: AuditResult, snapshot: dict, baseline_snapshot: dict, baseline: AuditResult,
+                           baseline_path, rules_config: tuple[dict, ...]) -> list[dict]:
     """Gate rows for regressions against ``baseline``; the result records what it was compared with."""
     if baseline.embedder.get("name") != result.embedder["name"]:
         raise GanauditError(
@@ -195,5 +198,4 @@ def _compare_with_baseline(result: AuditResult, snapshot: dict, baseline: AuditR
     rules = baseline_rules_from_config(rules_config) if rules_config else DEFAULT_BASELINE_RULES
     result.baseline = {"path": str(baseline_path), "verdict": baseline.verdict,
                        "generator": baseline.generator.get("path"), "generator_sha256": baseline.generator.get("sha256")}
-    baseline_snapshot = baseline.to_dict()
     return evaluate_baseline(rules, lambda m: dig(snapshot, m), lambda m: dig(baseline_snapshot, m))

@@ -32,6 +32,7 @@ class AuditResult:
     train: dict
     holdout: dict | None = None
     baseline: dict | None = None
+    review: dict | None = None  # the review file's waivers (ganaudit.review.waivers.apply_waivers)
     config: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ganaudit.plumbing import write_atomic
+from ganaudit.review.hooks import model_card_output
 
 
 def write_outputs(result, context, config) -> list[Path]:
@@ -20,6 +21,7 @@ def write_outputs(result, context, config) -> list[Path]:
         from ganaudit.report.junit import render_junit
 
         rendered.append((config.junit, render_junit(result)))
+    rendered += filter(None, [model_card_output(result, config)])  # --model-card
     for path, text in rendered:
         write_atomic(Path(path), text)
     return [p for p, _ in rendered]

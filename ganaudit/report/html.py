@@ -1,4 +1,7 @@
-"""The self-contained HTML report: jinja2 templates, autoescaped, no scripts, no network.
+"""The self-contained HTML report: jinja2 templates, autoescaped, no external scripts, no network.
+
+A small inline script (``partials/review.js``) only filters, sorts and copies; with scripts
+off every flagged pair and its waiver snippet is still listed.
 
 Templates are looked up first in a user's ``--template-dir``, then in the shipped
 ``reports/templates`` (inside the wheel at ``ganaudit/templates``).
@@ -37,9 +40,11 @@ def render_html(result, images: dict[str, str] | None = None, template_dir: Path
     """Render the report of ``result``; ``images`` maps ``"sample:i"``/``"train:j"`` to data URIs."""
     from ganaudit.catalog import headline_figures
     from ganaudit.report.images import MAX_COPIED, MAX_GALLERY
+    from ganaudit.review.report_context import review_context
 
     env = make_environment(template_dir)
     r = result.to_dict()
     return env.get_template("report.html.j2").render(
         r=r, headline=headline_figures(r), images=images or {}, max_gallery=MAX_GALLERY, max_copied=MAX_COPIED,
+        **review_context(r),  # the flagged list with waiver snippets, evidence per leaked image
     )

@@ -12,6 +12,8 @@ import logging
 import numpy as np
 import torch
 
+from ganaudit.review.report_context import evidence_images
+
 log = logging.getLogger(__name__)
 
 MAX_GALLERY = 24
@@ -48,7 +50,8 @@ def wanted_images(result) -> tuple[set[int], set[int]]:
     for row in cov.get("modes", {}).get("per_mode", []):
         if not row.get("covered", True):
             train.update(e["train_index"] for e in row.get("examples", []))
-    return samples, train
+    extra_samples, extra_train = evidence_images(result)  # evidence per leaked training image
+    return samples | extra_samples, train | extra_train
 
 
 def collect_images(result, context) -> dict[str, str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ganaudit.catalog import summary_figures
+from ganaudit.review.hooks import summary_lines
 
 
 def _threshold_words(mem: dict) -> str:
@@ -34,6 +35,7 @@ def render_summary(result, config) -> str:
         + (f"; missing: {', '.join(map(str, modes['missing'][:6]))}{' …' if len(modes['missing']) > 6 else ''}"
            if modes["missing"] else "; none missing"),
     ]
+    lines += summary_lines(result)  # waivers and stale waivers
     for g in result.gates:
         if g["status"] in ("fail", "warn"):
             lines.append(f"  {g['status'].upper():<5} gate {g['name']}: {g['message']}")
