@@ -23,6 +23,7 @@ from ganaudit.copysearch import CopySearcher, Matches
 from ganaudit.embedders import create_embedder
 from ganaudit.embedders.cache import default_cache_dir, embed_image_set
 from ganaudit.errors import GanauditError
+from ganaudit.fd_audit import FdRun
 from ganaudit.index import build_index, faiss_gpu_id, recall_at_1
 from ganaudit.progress import progress_bar
 from ganaudit.result import AuditResult, dig
@@ -99,6 +100,7 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         source = open_generated(config, device)
         embedder = create_embedder(config.embedder, device, config.weights)
         copy_embedder = create_copy_embedder(config, embedder, device)
+        fd_run = FdRun.create(config, device, embedder)  # FD beyond coverage.fd, when asked for
     if len(train) < 3:
         raise GanauditError(f"--train {config.train}: needs at least 3 images, found {len(train)}")
 
@@ -117,7 +119,8 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
                             rank_by=summary_metrics.rank_key(copy_embedder.spec, config))
     with _stage(timings, "sample_embed_search"):
         gen_feats, gen_copy_feats, gen_matches, gen_classes = search_all(
-            source, searcher, config, "sampling + search", keep_copy_features=RECALL_QUERIES)
+            fd_run.tap(source) if fd_run else source, searcher, config, "sampling + search",
+            keep_copy_features=RECALL_QUERIES)
     with _stage(timings, "calibrate"):
         holdout_feats, reference, calibration = calibrate(train, holdout, searcher, config)
     with _stage(timings, "index_recall"):  # exact search of a sample: only costs for approximate indexes
@@ -137,6 +140,10 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         if gen_classes is not None:
             memorization["per_class"], coverage["per_class"] = summary_metrics.per_class_summary(
                 gen_classes, gen_matches, flagged, train, train_feats, gen_feats, config)
+    coverage.update(fid=None, fd_embedders={})
+    if fd_run is not None:
+        with _stage(timings, "fd"):
+            coverage.update(fd_run.section(train, train_feats, gen_feats, cache_dir, config.progress))
     result = AuditResult(
         verdict="pass", gates=[], memorization=memorization, coverage=coverage,
         embedder=_embedder_info(embedder, device),

@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--html", type=Path, required=True, help="where to write the report")
     report.add_argument("--template-dir", type=Path, help="a folder of templates overriding the shipped ones")
     sub.add_parser("embedders", help="list the available embedders")
+    _add_stats(sub.add_parser("stats", help="write the FID statistics of an image set (pytorch-fid's .npz format)"))
     fetch = sub.add_parser("fetch-weights", help="download an embedder's weights (on a connected machine)")
     fetch.add_argument("name", help="embedder name, e.g. inception, dinov2-vitb14, sscd")
     fetch.add_argument("--dest", type=Path, help="folder to put it in (default: the torch hub checkpoint folder)")
@@ -74,6 +75,7 @@ def _add_check(p: argparse.ArgumentParser) -> None:
     run.add_argument("--index", help="training-set search: flat (exact), ivf, hnsw, or auto (exact up to 1M images)")
     run.add_argument("--modes", type=int, help="cluster the training set into this many modes instead of using its labels")
     run.add_argument("--config", type=Path, help="a ganaudit.toml or pyproject.toml (default: found in the working directory)")
+    _add_fd_flags(p.add_argument_group("FID and other Fréchet distances"))
     out = p.add_argument_group("outputs")
     out.add_argument("--html", type=Path, help="write the HTML report here")
     out.add_argument("--json", type=Path, help="write the JSON result here")
@@ -85,12 +87,37 @@ def _add_check(p: argparse.ArgumentParser) -> None:
     out.add_argument("-v", "--verbose", action="store_true", help="log each stage's decisions")
 
 
+def _add_fd_flags(g) -> None:
+    g.add_argument("--fid-protocol", help="compute FID as pytorch-fid, clean-fid, clean-fid-legacy or torch-fidelity "
+                                          "(the default) does (see README: which to compare with which table)")
+    g.add_argument("--reference-stats", type=Path, help="FID against these statistics: a pytorch-fid or clean-fid .npz "
+                                                        "(mu, sigma), a clean-fid KID file (feats) or an ADM reference batch")
+    g.add_argument("--fd-embedders", help="comma list of feature spaces to report FD in, e.g. inception,dinov2-vitl14 "
+                                          "(default: inception when any FID option is given)")
+    g.add_argument("--fid-infinity", action="store_true", default=None,
+                   help="also FID extrapolated to infinitely many samples (Chong & Forsyth 2020)")
+
+
+def _add_stats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", type=Path, help="a folder or .npz/.npy of images")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the .npz to write (mu, sigma; pytorch-fid's format)")
+    p.add_argument("--fid-protocol", help="pytorch-fid, clean-fid, clean-fid-legacy or torch-fidelity (the default)")
+    p.add_argument("--embedder", default="inception", help="feature space (default inception, the FID network)")
+    p.add_argument("--weights", type=Path, help="weights file for the embedder")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument("--batch-size", type=int, default=128, help="images per batch (default 128)")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable image files instead of stopping")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what is done")
+
+
 def _flags(args: argparse.Namespace) -> dict:
     names = ("generator", "samples", "train", "holdout", "z_dim", "arch", "arch_kwargs", "trust_checkpoint",
              "output_range", "embedder", "weights", "num_samples", "seed", "device", "batch_size", "alpha",
              "modes", "index", "baseline", "html", "json", "junit", "warn_only", "progress",
              "cache_dir", "no_cache", "skip_corrupt", "num_classes", "class_weights", "truncation",
-             "copy_embedder", "copy_weights", "copy_threshold")
+             "copy_embedder", "copy_weights", "copy_threshold",
+             "fid_protocol", "reference_stats", "fd_embedders", "fid_infinity")
     flags = {name: getattr(args, name) for name in names}
     if args.tta is not None:
         flags["tta"] = () if args.tta.strip() == "none" else tuple(a.strip() for a in args.tta.split(",") if a.strip())
@@ -157,6 +184,18 @@ def cmd_embedders(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from ganaudit.fd_audit import write_stats
+
+    if args.batch_size < 1:
+        raise GanauditError(f"--batch-size must be positive, got {args.batch_size}")
+    info = write_stats(args.images, args.output, args.fid_protocol, args.embedder, args.weights, args.device,
+                       args.batch_size, args.skip_corrupt, args.progress)
+    how = f"inception, {info['protocol']} protocol" if info["protocol"] else info["embedder"]
+    print(f"statistics of {info['n']} images ({how}, {info['dim']}-d): {info['path']}")
+    return EXIT_PASS
+
+
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
     from ganaudit.weights import fetch_weights
 
@@ -175,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"check": cmd_check, "report": cmd_report, "embedders": cmd_embedders,
-                "fetch-weights": cmd_fetch_weights}
+                "fetch-weights": cmd_fetch_weights, "stats": cmd_stats}
     try:
         return commands[args.command](args)
     except GanauditError as e:

@@ -69,6 +69,11 @@ class AuditConfig:
     modes: int | None = None
     kid_subsets: int = 10  # KID subsets of up to 1000 (the field's protocol uses 100; slower on CPU)
     mode_min_share_ratio: float = 0.25
+    # FD beyond coverage.fd (issue 20; ganaudit/fd_audit.py): computed only when one of these is set
+    fid_protocol: str | None = None  # pytorch-fid, clean-fid, clean-fid-legacy, torch-fidelity; None: the default
+    reference_stats: Path | None = None  # FID against these statistics (.npz) instead of --train
+    fd_embedders: tuple[str, ...] = ()  # FD in each of these spaces; empty: inception if any FID option is set
+    fid_infinity: bool = False  # also FID extrapolated to infinitely many samples (Chong & Forsyth 2020)
     # gate and outputs
     gates: tuple[dict, ...] = ()
     baseline: Path | None = None
@@ -113,6 +118,7 @@ class AuditConfig:
                f"mode_min_share_ratio must be in (0, 1], got {self.mode_min_share_ratio}")
         gates_from_config(self.gates)
         baseline_rules_from_config(self.baseline_rules)
+        _check_fd_options(self)
         return self
 
 
@@ -130,6 +136,25 @@ def _check_copy_threshold(value) -> None:
                f"copy_threshold must be auto, calibrated or a finite number, got {value!r}")
 
 
+def _check_fd_options(config: AuditConfig) -> None:
+    """``fid_protocol``, ``reference_stats`` and ``fd_embedders`` (registry names or PREFIX:PATH)."""
+    from ganaudit.embedders import REGISTRY, USER_PREFIXES
+    from ganaudit.embedders.fid_protocols import get_protocol
+
+    if config.fid_protocol is not None:
+        get_protocol(config.fid_protocol)
+    path = config.reference_stats
+    _check(path is None or Path(path).is_file(), f"--reference-stats {path}: no such file")
+    names = config.fd_embedders
+    _check(isinstance(names, tuple) and all(isinstance(n, str) and n for n in names),
+           f"--fd-embedders must be a comma list of embedder names, got {names!r}")
+    _check(len(set(names)) == len(names), f"--fd-embedders names an embedder twice: {', '.join(names)}")
+    unknown = [n for n in names if n not in REGISTRY and n.partition(":")[0] not in USER_PREFIXES]
+    if unknown:
+        raise GanauditError(f"--fd-embedders: unknown embedder {unknown[0]!r}; available: "
+                            f"{', '.join(sorted(REGISTRY))}, torchscript:PATH, pt2:PATH")
+
+
 def _check_generator_inputs(config: AuditConfig) -> None:
     """``num_classes``, ``class_weights`` and ``truncation``."""
     k, weights, psi = config.num_classes, config.class_weights, config.truncation
@@ -144,7 +169,8 @@ def _check_generator_inputs(config: AuditConfig) -> None:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
-_PATH_FIELDS = {"train", "generator", "samples", "holdout", "weights", "copy_weights", "html", "json", "junit", "baseline", "cache_dir"}
+_PATH_FIELDS = {"train", "generator", "samples", "holdout", "weights", "copy_weights", "html", "json", "junit", "baseline", "cache_dir",
+                "reference_stats"}
 
 
 def find_config_file(start: Path) -> tuple[Path, dict] | None:
@@ -197,6 +223,11 @@ def resolve_config(file_values: dict[str, Any], flag_values: dict[str, Any], sou
         if not isinstance(merged["tta"], (list, tuple)):
             raise GanauditError(f"{source}: 'tta' must be a list of augmentation names, like [\"flip\", \"shift\"]")
         merged["tta"] = tuple(merged["tta"])
+    if isinstance(merged.get("fd_embedders"), (list, str)):  # a TOML list, or "a,b" from a flag or file
+        value = merged["fd_embedders"]
+        items = value.split(",") if isinstance(value, str) else value
+        merged["fd_embedders"] = tuple(v.strip() if isinstance(v, str) else v for v in items
+                                       if not isinstance(v, str) or v.strip())
     return AuditConfig(**merged).validate()
 
 

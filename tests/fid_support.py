@@ -89,3 +89,36 @@ def ganaudit_features(folder: Path, protocol: str, weights: Path, device: str = 
 
     embedder = create_fid_embedder(protocol, device, weights)
     return embed_image_set(open_image_set(folder), embedder, 64, None, "test", False)
+
+
+class TinyFidNetwork(torch.nn.Module):
+    """A fast stand-in for the FID Inception (2048-d out, a 1008-way ``fc``), for plumbing tests.
+
+    Tests that use it patch ``ganaudit.embedders.inception.load_network``; the FID numbers
+    themselves are tested with the real network against the peers (test_fid_protocols).
+    """
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = torch.nn.Conv2d(3, 16, 9, stride=8)
+        self.lift = torch.nn.Linear(16, 2048)
+        self.fc = torch.nn.Linear(2048, 1008)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lift(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def use_tiny_fid_network(monkeypatch, torch_home: Path) -> Path:
+    """Patch the FID network with :class:`TinyFidNetwork` and point ``TORCH_HOME`` at
+    ``torch_home``, whose weight file holds the stand-in's own bytes (so the embedding cache
+    never mixes its features with the real network's). Returns that file."""
+    from ganaudit.embedders import inception
+
+    network = TinyFidNetwork().eval()
+    monkeypatch.setattr(inception, "load_network", lambda path: network)
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), folder / PYTORCH_FID_FILE)
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    return folder / PYTORCH_FID_FILE

@@ -11,6 +11,8 @@ def _threshold_words(mem: dict) -> str:
 
 
 def render_summary(result, config) -> str:
+    from ganaudit.fd_audit import summary_lines as fd_summary_lines
+
     mem, cov = result.memorization, result.coverage
     modes = cov["modes"]
     subject = result.generator.get("path", "?")
@@ -26,6 +28,7 @@ def render_summary(result, config) -> str:
         f"  coverage  precision {cov['precision']:.3f}  recall {cov['recall']:.3f}  "
         f"density {cov['density']:.3f}  coverage {cov['coverage']:.3f}  near-duplicates {cov['duplicate_fraction']:.1%}",
     ]
+    lines += fd_summary_lines(cov)
     for g in result.gates:
         if g["status"] in ("fail", "warn"):
             lines.append(f"  {g['status'].upper():<5} gate {g['name']}: {g['message']}")
