@@ -153,6 +153,10 @@ def _check_fd_options(config: AuditConfig) -> None:
     if unknown:
         raise GanauditError(f"--fd-embedders: unknown embedder {unknown[0]!r}; available: "
                             f"{', '.join(sorted(REGISTRY))}, torchscript:PATH, pt2:PATH")
+    fid_flags = [flag for flag, on in (("--fid-protocol", config.fid_protocol is not None),
+                                       ("--reference-stats", path is not None), ("--fid-infinity", config.fid_infinity)) if on]
+    _check(not (names and fid_flags and "inception" not in names),
+           f"{', '.join(fid_flags)}: FID options, so --fd-embedders must include inception (given: {','.join(names)})")
 
 
 def _check_generator_inputs(config: AuditConfig) -> None:

@@ -87,6 +87,8 @@ class _TappedSource:
         return len(self._source)
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # not set yet (copying, pickling): no recursion through _source
+            raise AttributeError(name)
         return getattr(self._source, name)
 
     def batches(self, batch_size: int):
@@ -112,6 +114,12 @@ class FdRun:
                 weights = config.weights if name == config.embedder else None
                 self.embedders[name] = create_fd_embedder(name, device, weights, self.protocol)
         self._generated: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
+        ref = self.reference_file
+        if isinstance(ref, ReferenceStatistics) and INCEPTION in self.embedders:  # checked before any sampling
+            dim = self.embedders[INCEPTION].spec.dim
+            if ref.mu.shape[0] != dim:
+                raise GanauditError(f"--reference-stats {ref.path}: statistics of {ref.mu.shape[0]}-d features, "
+                                    f"but {INCEPTION} features are {dim}-d")
 
     @classmethod
     def create(cls, config, device: torch.device, main_embedder) -> "FdRun | None":
@@ -149,9 +157,6 @@ class FdRun:
     def _reference(self, name: str, train, train_feats, cache_dir, progress) -> _Reference:
         embedder, ref = self.embedders[name], self.reference_file
         if isinstance(ref, ReferenceStatistics) and name == INCEPTION:
-            if ref.mu.shape[0] != embedder.spec.dim:
-                raise GanauditError(f"--reference-stats {ref.path}: statistics of {ref.mu.shape[0]}-d features, "
-                                    f"but {name} features are {embedder.spec.dim}-d")
             return _Reference(ref.mu, ref.sigma, ref.features, ref.describe())
         if isinstance(ref, ReferenceImages):
             from ganaudit.sources.datasets import open_image_set

@@ -240,6 +240,7 @@ def test_without_fd_options_nothing_more_is_computed(tiny_sets, tmp_path, capsys
     (("--fd-embedders", "inception,nope"), "--fd-embedders: unknown embedder 'nope'"),
     (("--fd-embedders", "pixels,pixels"), "names an embedder twice"),
     (("--reference-stats", "/nonexistent/stats.npz"), "--reference-stats /nonexistent/stats.npz: no such file"),
+    (("--fd-embedders", "pixels", "--fid-infinity"), "--fid-infinity: FID options, so --fd-embedders must include inception"),
 ])
 def test_bad_fd_options_exit_2_with_one_line(tiny_sets, tmp_path, capsys, flags, message):
     code, _, output = _check(capsys, tiny_sets, tmp_path / "r.json", *flags)
@@ -303,9 +304,10 @@ def test_stats_file_and_audit_fid_equal_pytorch_fids(tmp_path, monkeypatch, caps
     fake = write_fid_folder(tmp_path / "fake", 24, (32, 32), seed=6, tint=0.2)
     stats = tmp_path / "real.npz"
     assert run_cli("stats", real, "-o", stats, "--fid-protocol", "pytorch-fid", capsys=capsys)[0] == 0
-    code, _, _ = run_cli("check", "--samples", fake, "--train", real, "--reference-stats", stats, "--fid-protocol",
-                         "pytorch-fid", "--tta", "none", "--no-cache", "--json", tmp_path / "r.json", capsys=capsys)
-    assert code in (0, 1)
+    code, out, err = run_cli("check", "--samples", fake, "--train", real, "--reference-stats", stats, "--fid-protocol",
+                             "pytorch-fid", "--alpha", "0.1", "--tta", "none", "--no-cache", "--json", tmp_path / "r.json",
+                             capsys=capsys)
+    assert code in (0, 1), out + err
     ours = json.loads((tmp_path / "r.json").read_text())["coverage"]["fid"]["value"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
