@@ -20,6 +20,7 @@ from ganaudit.embedders.cache import default_cache_dir, embed_image_set
 from ganaudit.errors import GanauditError
 from ganaudit.findings import Evidence
 from ganaudit.findings.coverage import coverage_section
+from ganaudit.findings.fd import FdRun
 from ganaudit.findings.memorization import memorization_section
 from ganaudit.findings.per_class import per_class_sections
 from ganaudit.result import AuditResult
@@ -68,6 +69,7 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         embedder = create_embedder(config.embedder, device, config.weights)
         copy_embedder = create_copy_embedder(config.copy_embedder, embedder, device, config.copy_weights)
         policy = threshold_policy(copy_embedder.spec, config.copy_threshold)
+        fd_run = FdRun.create(config, device, embedder)  # FD beyond coverage.fd, when asked for
     if len(train) < 3:
         raise GanauditError(f"--train {config.train}: needs at least 3 images, found {len(train)}")
 
@@ -84,8 +86,8 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     tta = config.tta if config.tta is not None else copy_embedder.spec.copy_tta
     searcher = CopySearcher(index, copy_embedder, tta, config.copy_k, embedder=embedder, rank_by=policy.rank_by)
     with _stage(timings, "sample_embed_search"):
-        generated = search_source(source, searcher, config.batch_size, "sampling + search", config.progress,
-                                  keep_copy_features=RECALL_QUERIES)
+        generated = search_source(fd_run.tap(source) if fd_run else source, searcher, config.batch_size,
+                                  "sampling + search", config.progress, keep_copy_features=RECALL_QUERIES)
     with _stage(timings, "calibrate"):
         reference = reference_scores(train, holdout, searcher, config.seed, config.calibration_max,
                                      config.batch_size, config.progress)
@@ -105,6 +107,10 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         coverage = coverage_section(evidence, config, logits)
         if generated.class_labels is not None:
             memorization["per_class"], coverage["per_class"] = per_class_sections(evidence, config)
+    coverage.update(fid=None, fd_embedders={})
+    if fd_run is not None:
+        with _stage(timings, "fd"):
+            coverage.update(fd_run.section(train, train_feats, generated.features, cache_dir, config.progress))
     result = AuditResult(
         verdict="pass", gates=[], memorization=memorization, coverage=coverage,
         embedder=provenance.embedder_info(embedder, device),

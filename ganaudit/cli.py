@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--template-dir", type=Path, help="a folder of templates overriding the shipped ones")
     add_compare_command(sub)  # `ganaudit compare BASELINE CANDIDATE`; sets args.handler
     sub.add_parser("embedders", help="list the available embedders")
+    _add_stats(sub.add_parser("stats", help="write the FID statistics of an image set (pytorch-fid's .npz format)"))
     fetch = sub.add_parser("fetch-weights", help="download an embedder's weights (on a connected machine)")
     fetch.add_argument("name", help="embedder name, e.g. inception, dinov2-vitb14, sscd")
     fetch.add_argument("--dest", type=Path, help="folder to put it in (default: the torch hub checkpoint folder)")
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-CHECK_GROUPS = {"source": "what to audit", "generator": "generator", "run": "run", "outputs": "outputs"}
+CHECK_GROUPS = {"source": "what to audit", "generator": "generator", "run": "run",
+                "fid": "FID and other Fréchet distances", "outputs": "outputs"}
 
 
 def _add_check(p: argparse.ArgumentParser) -> None:
@@ -60,6 +62,19 @@ def _add_check(p: argparse.ArgumentParser) -> None:
     groups["run"].add_argument("--config", type=Path,
                                help="a ganaudit.toml or pyproject.toml (default: found in the working directory)")
     groups["outputs"].add_argument("-v", "--verbose", action="store_true", help="log each stage's decisions")
+
+
+def _add_stats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", type=Path, help="a folder or .npz/.npy of images")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the .npz to write (mu, sigma; pytorch-fid's format)")
+    p.add_argument("--fid-protocol", help="pytorch-fid, clean-fid, clean-fid-legacy or torch-fidelity (the default)")
+    p.add_argument("--embedder", default="inception", help="feature space (default inception, the FID network)")
+    p.add_argument("--weights", type=Path, help="weights file for the embedder")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument("--batch-size", type=int, default=128, help="images per batch (default 128)")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable image files instead of stopping")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what is done")
 
 
 def _flags(args: argparse.Namespace) -> dict:
@@ -114,6 +129,18 @@ def cmd_embedders(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from ganaudit.findings.fd import write_stats
+
+    if args.batch_size < 1:
+        raise GanauditError(f"--batch-size must be positive, got {args.batch_size}")
+    info = write_stats(args.images, args.output, args.fid_protocol, args.embedder, args.weights, args.device,
+                       args.batch_size, args.skip_corrupt, args.progress)
+    how = f"inception, {info['protocol']} protocol" if info["protocol"] else info["embedder"]
+    print(f"statistics of {info['n']} images ({how}, {info['dim']}-d): {info['path']}")
+    return EXIT_PASS
+
+
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
     from ganaudit.embedders.weights import fetch_weights
 
@@ -132,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"check": cmd_check, "report": cmd_report, "embedders": cmd_embedders,
-                "fetch-weights": cmd_fetch_weights}
+                "fetch-weights": cmd_fetch_weights, "stats": cmd_stats}
     try:
         return (getattr(args, "handler", None) or commands[args.command])(args)
     except GanauditError as e:

@@ -143,6 +143,18 @@ class AuditConfig:
         "cluster the training set into this many modes instead of using its labels", parse=int))
     kid_subsets: int = 10  # KID subsets of up to 1000 (the field's protocol uses 100; slower on CPU)
     mode_min_share_ratio: float = 0.25
+    # FD beyond coverage.fd (findings/fd.py): computed only when one of these is set
+    fid_protocol: str | None = _setting(None, Flag(  # None: the default protocol
+        "compute FID as pytorch-fid, clean-fid, clean-fid-legacy or torch-fidelity (the default) does "
+        "(see README: which to compare with which table)", "fid"))
+    reference_stats: Path | None = _setting(None, Flag(
+        "FID against these statistics: a pytorch-fid or clean-fid .npz (mu, sigma), a clean-fid KID file (feats) "
+        "or an ADM reference batch", "fid", Path))
+    fd_embedders: tuple[str, ...] = _setting((), Flag(  # empty: inception if any FID option is set
+        "comma list of feature spaces to report FD in, e.g. inception,dinov2-vitl14 "
+        "(default: inception when any FID option is given)", "fid", _name_list))
+    fid_infinity: bool = _setting(False, Flag(
+        "also FID extrapolated to infinitely many samples (Chong & Forsyth 2020)", "fid", kind="switch"))
     # gate and outputs
     gates: tuple[dict, ...] = ()
     baseline: Path | None = _setting(None, Flag(
@@ -193,6 +205,7 @@ class AuditConfig:
                f"mode_min_share_ratio must be in (0, 1], got {self.mode_min_share_ratio}")
         gates_from_config(self.gates)
         baseline_rules_from_config(self.baseline_rules)
+        _check_fd_options(self)
         check_review_file(self)  # a mistake in the review file costs no audit
         return self
 
@@ -209,6 +222,29 @@ def _check_copy_threshold(value) -> None:
     else:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
                f"copy_threshold must be auto, calibrated or a finite number, got {value!r}")
+
+
+def _check_fd_options(config: AuditConfig) -> None:
+    """``fid_protocol``, ``reference_stats`` and ``fd_embedders`` (registry names or PREFIX:PATH)."""
+    from ganaudit.embedders import REGISTRY, USER_PREFIXES
+    from ganaudit.embedders.fid_protocols import get_protocol
+
+    if config.fid_protocol is not None:
+        get_protocol(config.fid_protocol)
+    path = config.reference_stats
+    _check(path is None or Path(path).is_file(), f"--reference-stats {path}: no such file")
+    names = config.fd_embedders
+    _check(isinstance(names, tuple) and all(isinstance(n, str) and n for n in names),
+           f"--fd-embedders must be a comma list of embedder names, got {names!r}")
+    _check(len(set(names)) == len(names), f"--fd-embedders names an embedder twice: {', '.join(names)}")
+    unknown = [n for n in names if n not in REGISTRY and n.partition(":")[0] not in USER_PREFIXES]
+    if unknown:
+        raise GanauditError(f"--fd-embedders: unknown embedder {unknown[0]!r}; available: "
+                            f"{', '.join(sorted(REGISTRY))}, torchscript:PATH, pt2:PATH")
+    fid_flags = [flag for flag, on in (("--fid-protocol", config.fid_protocol is not None),
+                                       ("--reference-stats", path is not None), ("--fid-infinity", config.fid_infinity)) if on]
+    _check(not (names and fid_flags and "inception" not in names),
+           f"{', '.join(fid_flags)}: FID options, so --fd-embedders must include inception (given: {','.join(names)})")
 
 
 def _check_generator_inputs(config: AuditConfig) -> None:
@@ -301,6 +337,11 @@ def resolve_config(file_values: dict[str, Any], flag_values: dict[str, Any], sou
         if not isinstance(merged["tta"], (list, tuple)):
             raise GanauditError(f"{source}: 'tta' must be a list of augmentation names, like [\"flip\", \"shift\"]")
         merged["tta"] = tuple(merged["tta"])
+    if isinstance(merged.get("fd_embedders"), (list, str)):  # a TOML list, or "a,b" in a file
+        value = merged["fd_embedders"]
+        items = value.split(",") if isinstance(value, str) else value
+        merged["fd_embedders"] = tuple(v.strip() if isinstance(v, str) else v for v in items
+                                       if not isinstance(v, str) or v.strip())
     return AuditConfig(**merged).validate()
 
 

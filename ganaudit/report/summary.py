@@ -23,6 +23,8 @@ def _figure_lines(result: dict) -> list[str]:
 
 
 def render_summary(result, config) -> str:
+    from ganaudit.findings.fd import summary_lines as fd_summary_lines  # imports torch: only when printing
+
     mem = result.memorization
     modes = result.coverage["modes"]
     subject = result.generator.get("path", "?")
@@ -35,6 +37,7 @@ def render_summary(result, config) -> str:
         + (f"; missing: {', '.join(map(str, modes['missing'][:6]))}{' …' if len(modes['missing']) > 6 else ''}"
            if modes["missing"] else "; none missing"),
     ]
+    lines += fd_summary_lines(result.coverage)  # FID under its protocol, FD in other spaces
     lines += summary_lines(result)  # waivers and stale waivers
     for g in result.gates:
         if g["status"] in ("fail", "warn"):
