@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ganaudit import gate, result as provenance
-from ganaudit.config import OUTPUT_RANGES, AuditConfig
+from ganaudit.config import AuditConfig
+from ganaudit.config_checks import OUTPUT_RANGES
 from ganaudit.device import resolve_device
 from ganaudit.embedders import create_copy_embedder, create_embedder
-from ganaudit.embedders.cache import default_cache_dir, embed_image_set
+from ganaudit.embedders.cache import default_cache_dir, embed_image_set, usable_cache_dir
 from ganaudit.errors import GanauditError
 from ganaudit.findings import Evidence
 from ganaudit.findings.coverage import coverage_section
@@ -72,9 +73,12 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         fd_run = FdRun.create(config, device, embedder)  # FD beyond coverage.fd, when asked for
     if len(train) < 3:
         raise GanauditError(f"--train {config.train}: needs at least 3 images, found {len(train)}")
+    if config.modes is not None and config.modes > len(train):
+        raise GanauditError(f"--modes {config.modes}: more modes than the {len(train)} training images; "
+                            f"give at most {len(train)}")
 
     with _stage(timings, "embed_train"):
-        cache_dir = None if config.no_cache else (config.cache_dir or default_cache_dir())
+        cache_dir = None if config.no_cache else usable_cache_dir(Path(config.cache_dir or default_cache_dir()))
         train_feats = embed_image_set(train, embedder, config.batch_size, cache_dir, "embedding train", config.progress)
         train_copy_feats = train_feats if copy_embedder is embedder else embed_image_set(
             train, copy_embedder, config.batch_size, cache_dir, f"embedding train ({copy_embedder.spec.name})",

@@ -1,19 +1,21 @@
 """The command line: argument parsing, config resolution, outputs and exit codes; no logic.
 
-Exit codes: 0 the audit passed, 1 a gate failed, 2 bad usage or bad input.
+Exit codes: 0 the audit passed, 1 a gate failed, 2 bad usage or bad input, 3 the tool itself
+broke (an internal error: a bug to report, never a verdict).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from ganaudit.errors import GanauditError
 from ganaudit.registry import add_commands as add_registry_commands
 from ganaudit.review.compare import add_compare_command
 
-EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -156,7 +158,7 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+    logging.basicConfig(force=True, level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"check": cmd_check, "report": cmd_report, "embedders": cmd_embedders,
                 "fetch-weights": cmd_fetch_weights, "stats": cmd_stats}
@@ -168,6 +170,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the tool broke: never exit 1, which a gate reads as a verdict
+        return internal_error(e, getattr(args, "verbose", False))
+
+
+def internal_error(error: BaseException, verbose: bool) -> int:
+    """Print one line naming the crash (the traceback too with ``-v``) and return exit code 3."""
+    from ganaudit import __version__
+    from ganaudit.plumbing import error_line
+
+    if verbose:
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"internal error: {error_line(error, with_type=True)} (please report: ganaudit {__version__}, "
+          "rerun with -v for the traceback)", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

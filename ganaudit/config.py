@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-import numbers as numbers_module
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ganaudit.search.augment import AUGMENTATIONS
+from ganaudit.config_checks import (
+    COPY_THRESHOLD_MODES, OUTPUT_RANGES, check_combinations, check_fd_options, check_value, flag_label,
+)
 from ganaudit.errors import GanauditError
 from ganaudit.gate import baseline_rules_from_config, gates_from_config
 from ganaudit.review.hooks import check_review_file
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-OUTPUT_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}
-COPY_THRESHOLD_MODES = ("auto", "calibrated")
-# A search asks for copy_k + 2 neighbours; faiss on a GPU returns at most 2048.
-MAX_COPY_K = 1000
 
 
 @dataclass(frozen=True)
@@ -172,110 +167,16 @@ class AuditConfig:
         "write a model-card section (Markdown, Hugging Face model-index) here", "outputs", Path))
 
     def validate(self) -> "AuditConfig":
-        """Check every value; raise GanauditError with a one-line message on the first bad one."""
-        if self.train is None:
-            raise GanauditError("--train is required: the folder or .npz of training images")
-        if (self.generator is None) == (self.samples is None):
-            raise GanauditError("give exactly one of --generator (a checkpoint) or --samples (a folder or .npz of generated images)")
-        for name in ("train", "generator", "samples", "holdout", "weights", "copy_weights", "baseline"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).exists():
-                raise GanauditError(f"--{name} {path}: no such file or directory")
-        _check(self.num_samples >= 10, f"--num-samples must be at least 10, got {self.num_samples}")
-        _check(self.batch_size >= 1, f"--batch-size must be positive, got {self.batch_size}")
-        _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        _check(self.z_dim is None or self.z_dim >= 1, f"--z-dim must be positive, got {self.z_dim}")
-        _check(self.output_range is None or self.output_range in OUTPUT_RANGES,
-               f"--output-range must be one of {', '.join(OUTPUT_RANGES)}, got {self.output_range!r}")
-        _check_generator_inputs(self)
-        _check(0.0 < self.alpha < 0.5, f"alpha must be in (0, 0.5), got {self.alpha}")
-        _check(0.0 < self.fdr_q < 1.0, f"fdr_q must be in (0, 1), got {self.fdr_q}")
-        _check(self.nearest_k >= 1, f"nearest_k must be positive, got {self.nearest_k}")
-        _check(self.index in ("auto", "flat", "ivf", "hnsw"), f"index must be auto, flat, ivf or hnsw, got {self.index!r}")
-        _check(1 <= self.copy_k <= MAX_COPY_K,
-               f"copy_k must be in [1, {MAX_COPY_K}] (neighbours the nearest distance is compared with), got {self.copy_k}")
-        bad = [a for a in (self.tta or ()) if a not in AUGMENTATIONS]
-        _check(not bad, f"unknown test-time augmentation {bad}; choose from {', '.join(AUGMENTATIONS)} or none")
-        _check_copy_threshold(self.copy_threshold)
-        _check(self.copy_weights is None or self.copy_embedder != "auto",
-               "--copy-weights needs --copy-embedder NAME: the weights of that embedder")
-        _check(self.kid_subsets >= 1, f"kid_subsets must be positive, got {self.kid_subsets}")
-        _check(self.modes is None or self.modes >= 2, f"--modes must be at least 2, got {self.modes}")
-        _check(0.0 < self.mode_min_share_ratio <= 1.0,
-               f"mode_min_share_ratio must be in (0, 1], got {self.mode_min_share_ratio}")
+        """Check every value and combination (``ganaudit.config_checks``); raise GanauditError
+        with a one-line message on the first bad one. Nothing has run yet when it fails."""
+        for f in dataclasses.fields(self):
+            check_value(f.name, getattr(self, f.name), flag_label(f.name))
+        check_combinations(self)
         gates_from_config(self.gates)
         baseline_rules_from_config(self.baseline_rules)
-        _check_fd_options(self)
+        check_fd_options(self)
         check_review_file(self)  # a mistake in the review file costs no audit
         return self
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise GanauditError(message)
-
-
-def _check_copy_threshold(value) -> None:
-    if isinstance(value, str):
-        _check(value in COPY_THRESHOLD_MODES,
-               f"copy_threshold must be auto, calibrated or a number, got {value!r}")
-    else:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-               f"copy_threshold must be auto, calibrated or a finite number, got {value!r}")
-
-
-def _check_fd_options(config: AuditConfig) -> None:
-    """``fid_protocol``, ``reference_stats`` and ``fd_embedders`` (registry names or PREFIX:PATH)."""
-    from ganaudit.embedders import REGISTRY, USER_PREFIXES
-    from ganaudit.embedders.fid_protocols import get_protocol
-
-    if config.fid_protocol is not None:
-        get_protocol(config.fid_protocol)
-    path = config.reference_stats
-    _check(path is None or Path(path).is_file(), f"--reference-stats {path}: no such file")
-    names = config.fd_embedders
-    _check(isinstance(names, tuple) and all(isinstance(n, str) and n for n in names),
-           f"--fd-embedders must be a comma list of embedder names, got {names!r}")
-    _check(len(set(names)) == len(names), f"--fd-embedders names an embedder twice: {', '.join(names)}")
-    unknown = [n for n in names if n not in REGISTRY and n.partition(":")[0] not in USER_PREFIXES]
-    if unknown:
-        raise GanauditError(f"--fd-embedders: unknown embedder {unknown[0]!r}; available: "
-                            f"{', '.join(sorted(REGISTRY))}, torchscript:PATH, pt2:PATH")
-    fid_flags = [flag for flag, on in (("--fid-protocol", config.fid_protocol is not None),
-                                       ("--reference-stats", path is not None), ("--fid-infinity", config.fid_infinity)) if on]
-    _check(not (names and fid_flags and "inception" not in names),
-           f"{', '.join(fid_flags)}: FID options, so --fd-embedders must include inception (given: {','.join(names)})")
-
-
-def _check_generator_inputs(config: AuditConfig) -> None:
-    """``num_classes``, ``class_weights`` and ``truncation``."""
-    k, psi = config.num_classes, config.truncation
-    _check(k is None or (isinstance(k, int) and k >= 1), f"--num-classes must be a positive integer, got {k!r}")
-    normalised_class_weights(config.class_weights, k)
-    _check(psi is None or (isinstance(psi, (int, float)) and 0 <= psi < float("inf")),
-           f"--truncation must be a non-negative number, got {psi!r}")
-
-
-def normalised_class_weights(weights, num_classes: int | None) -> tuple[float, ...] | None:
-    """``--class-weights`` checked against ``--num-classes`` and scaled to sum to 1 (None: uniform).
-
-    Raises:
-        GanauditError: weights without ``num_classes``, the wrong count, negative, infinite or
-            all zero.
-    """
-    if weights is None:
-        return None
-    _check(num_classes is not None, "--class-weights needs --num-classes")
-    if hasattr(weights, "__iter__") and not isinstance(weights, (str, bytes, dict)):
-        weights = list(weights)  # a tuple from the flag, a TOML list, a numpy array from the API
-    numbers = isinstance(weights, list) and all(isinstance(w, numbers_module.Real) and not isinstance(w, bool)
-                                                for w in weights)
-    _check(numbers and len(weights) == num_classes and all(0 <= w < float("inf") for w in weights)
-           and sum(weights) > 0,
-           f"--class-weights must be {num_classes} non-negative numbers (one per class) with a positive sum, "
-           f"got {weights!r}")
-    total = float(sum(weights))
-    return tuple(float(w) / total for w in weights)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
@@ -328,6 +229,8 @@ def resolve_config(file_values: dict[str, Any], flag_values: dict[str, Any], sou
             continue
         if name not in _FIELDS:
             raise GanauditError(f"{source}: unknown setting {key!r}; known settings: {', '.join(sorted(_FIELDS))}")
+        check_value(name, tuple(value) if name in ("tta", "fd_embedders") and isinstance(value, list) else value,
+                    f"{source}: {key}")  # checked even when a flag overrides it
         merged[name] = value
     merged.update({k: v for k, v in flag_values.items() if v is not None})
     for name in _PATH_FIELDS & merged.keys():

@@ -10,6 +10,7 @@ be found (``STALE_GLOB``) and removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import uuid
@@ -41,15 +42,28 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
     """Write ``data`` (text as UTF-8) to ``path`` atomically, creating its folder.
 
     The file gets ordinary permissions (``0o666`` less the umask), like any ``open()``.
+
+    Raises:
+        GanauditError: the disk (or quota) is full: a state of the machine the user can fix,
+            not a crash; nothing is left behind.
+        OSError: any other failure.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    with temporary_path(path) as tmp:
-        with open(tmp, "xb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with temporary_path(path) as tmp:
+            with open(tmp, "xb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            from ganaudit.errors import GanauditError
+
+            raise GanauditError(f"no space left on device while writing {path}: free some space "
+                                "(or, for the embedding cache, pass --no-cache or another --cache-dir)") from None
+        raise
 
 
 def hash_file_into(h, path: Path | str) -> None:

@@ -150,8 +150,8 @@ def test_cuda_requested_without_cuda(tiny_sets, capsys):
 
 @pytest.mark.parametrize("args, expected", [
     (("--tta", "rotate"), "unknown test-time augmentation"),
-    (("--num-samples", "3"), "--num-samples must be at least 10"),
-    (("--alpha", "0.7"), "alpha must be in"),
+    (("--num-samples", "3"), "--num-samples must be an integer of at least 10"),
+    (("--alpha", "0.7"), "--alpha must be a number in (0, 0.5)"),
     (("--output-range", "0,2"), "--output-range must be one of"),
     (("--num-samples", "many"), "invalid int value"),
 ])
@@ -167,8 +167,8 @@ def test_config_file_with_unknown_key_is_an_error(tiny_sets, tmp_path, capsys):
     assert "unknown setting 'num_sample'" in msg
 
 
-@pytest.mark.parametrize("setting, expected", [("copy_k = 5000", "copy_k must be in [1, 1000]"),
-                                               ("copy_k = 0", "copy_k must be in [1, 1000]")])
+@pytest.mark.parametrize("setting, expected", [("copy_k = 5000", "copy_k must be an integer in [1, 1000]"),
+                                               ("copy_k = 0", "copy_k must be an integer in [1, 1000]")])
 def test_config_file_with_a_bad_value_is_an_error(tiny_sets, tmp_path, capsys, setting, expected):
     cfg = tmp_path / "ganaudit.toml"
     cfg.write_text(setting + "\n")

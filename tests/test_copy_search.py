@@ -66,9 +66,16 @@ def test_pixels_declares_its_copy_descriptor_and_its_augmentations():
 def test_variant_count_and_names(augs):
     x = torch.rand(2, 3, 32, 32)
     out = list(augment.variants(x, augs))
-    assert len(out) == augment.count(augs)
+    shifts = 48 if "shift-grid" in augs else 8 if "shift" in augs else 0
+    assert len(out) == 1 + ("flip" in augs) + shifts + 3 * ("zoom" in augs)
     assert out[0][0] == "identity" and len({name for name, _ in out}) == len(out)
     assert all(v.shape == x.shape for _, v in out)
+
+
+@pytest.mark.parametrize("size, zooms", [(1, 0), (2, 0), (4, 1), (6, 2), (7, 3), (32, 3)])
+def test_zooms_that_leave_no_image_are_skipped(size, zooms):
+    out = [name for name, _ in augment.variants(torch.rand(1, 3, size, size), ("zoom",))]
+    assert out == ["identity"] + [f"zoom(-{c})" for c in (1, 2, 3)[:zooms]]
 
 
 def test_shifts_invert_and_zoom_undoes_a_centred_crop():

@@ -86,7 +86,9 @@ def test_feature_gram_accumulates_over_row_blocks():
     x = _correlated(np.random.default_rng(12), 9000, 12)  # three blocks of rows
     rows = x.astype(np.float64)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    np.testing.assert_allclose(diversity._feature_gram(x, True), rows.T @ rows, rtol=1e-12)
+    gram = diversity._feature_gram(x, True)  # one more column, all zero here: no row is all zero
+    np.testing.assert_allclose(gram[:12, :12], rows.T @ rows, rtol=1e-12)
+    assert not gram[12].any()
     assert vendi_score(x) == pytest.approx(diversity._vendi_from_gram(rows.T @ rows), rel=1e-12)
 
 
@@ -101,12 +103,27 @@ def test_unnormalised_kernel_is_scale_free_and_equals_cosine_on_unit_rows():
     )
 
 
-def test_zero_rows_are_rejected_with_cosine_similarity():
-    x = np.random.default_rng(3).normal(size=(20, 5)).astype(np.float32)
-    x[[3, 7]] = 0
-    with pytest.raises(ValueError, match="2 all-zero rows"):
-        vendi_score(x)
-    assert vendi_score(x, normalize=False) > 1
+def test_zero_rows_are_alike_and_unlike_everything_else():
+    # Closed form: 3 orthogonal clusters of 4 and 4 all-zero rows are 4 equal, unrelated groups.
+    x = np.vstack([np.repeat(np.eye(3, dtype=np.float32), 4, axis=0), np.zeros((4, 3), np.float32)])
+    assert vendi_score(x) == pytest.approx(4.0, rel=1e-9)
+    assert vendi_score(np.zeros((20, 5), dtype=np.float32)) == pytest.approx(1.0)  # a blank generator
+    # Against the (N, N) kernel written out with the convention, both Gram routes.
+    rng = np.random.default_rng(3)
+    for n, d in ((40, 5), (6, 50)):
+        y = rng.normal(size=(n, d)).astype(np.float32)
+        y[[1, 4]] = 0
+        y64 = y.astype(np.float64)
+        unit = y64 / np.maximum(np.linalg.norm(y64, axis=1, keepdims=True), 1e-300)
+        k = unit @ unit.T
+        zero = ~y.any(axis=1)
+        k[np.ix_(zero, zero)] = 1.0
+        w = np.linalg.eigvalsh(k / n)
+        w = w[w > 1e-12]
+        assert vendi_score(y) == pytest.approx(float(np.exp(-(w * np.log(w)).sum())), rel=1e-9)
+    y = rng.normal(size=(20, 5)).astype(np.float32)
+    y[[3, 7]] = 0
+    assert vendi_score(y, normalize=False) > 1
     with pytest.raises(ValueError, match="all zero"):
         vendi_score(np.zeros((20, 5), dtype=np.float32), normalize=False)
 

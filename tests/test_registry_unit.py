@@ -221,7 +221,7 @@ def test_an_internal_error_exits_3_never_1(capsys, monkeypatch):
     monkeypatch.setattr(gate, "gate_version", broken)
     assert main(["mlflow", "gate", "models:/gan/1", "--tracking-uri", "http://127.0.0.1:9",
                  "--train", str(FIXTURES / "data" / "train")]) == 3
-    assert capsys.readouterr().err.strip() == "internal error: RuntimeError: a bug"
+    assert capsys.readouterr().err.strip().startswith("internal error: RuntimeError: a bug (please report: ganaudit ")
 
 
 def test_an_unreachable_registry_is_a_clear_error_within_seconds(capsys):

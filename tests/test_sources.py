@@ -622,7 +622,7 @@ def test_cli_conditional_generator_audits_with_num_classes(cond_files, tiny_sets
 
 
 @pytest.mark.parametrize("arch_flag, expected", [
-    ("TinyGen", "--arch must look like package.module:ClassName, got 'TinyGen'"),
+    ("TinyGen", "--arch must be like package.module:ClassName, got 'TinyGen'"),
     (f"{ARCH}:", "--arch must look like"),
     (":TinyGen", "--arch must look like"),
     (f"{ARCH}:Tiny Gen", "--arch must look like"),
@@ -638,8 +638,8 @@ def test_cli_bad_arch(tiny_weights, tiny_sets, tmp_path, capsys, arch_flag, expe
 
 
 @pytest.mark.parametrize("kwargs, expected", [
-    ("{z_dim: 8}", "--arch-kwargs is not valid JSON"),
-    ('{"z_dim": 8', "--arch-kwargs is not valid JSON"),
+    ("{z_dim: 8}", "--arch-kwargs must be a JSON object"),
+    ('{"z_dim": 8', "--arch-kwargs must be a JSON object"),
     ("[8]", "--arch-kwargs must be a JSON object"),
     ('{"bogus": 1}', "cannot build it with --arch-kwargs {\"bogus\": 1}: TypeError"),
 ])
@@ -673,7 +673,7 @@ def test_cli_not_a_checkpoint(tiny_sets, tmp_path, capsys):
     path = tmp_path / "model.pt"
     path.write_bytes(b"this is not a checkpoint at all")
     msg = _bad(capsys, tmp_path, "--generator", path, "--train", tiny_sets["train"])
-    assert "not a readable checkpoint" in msg
+    assert "not a checkpoint ganaudit can read" in msg
 
 
 @pytest.mark.gpu

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -46,6 +47,23 @@ def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/ganaudit``, else ``~/.cache/ganaudit``."""
     base = os.environ.get("XDG_CACHE_HOME")
     return (Path(base) if base else Path.home() / ".cache") / "ganaudit"
+
+
+def usable_cache_dir(path: Path) -> Path | None:
+    """``path`` if the cache can live there (created if missing, a file can be written), else None.
+
+    A cache folder that cannot be used costs the run its cache, not its result: one warning,
+    and the audit embeds without caching.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".ganaudit-probe-"):
+            pass
+    except OSError as e:
+        log.warning("the embedding cache folder %s cannot be used (%s); embedding without a cache "
+                    "(choose another --cache-dir, or pass --no-cache to silence this)", path, e.strerror or e)
+        return None
+    return path
 
 
 def cache_key(images, embedder: Embedder) -> tuple[str, dict]:

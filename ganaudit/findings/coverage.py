@@ -25,21 +25,31 @@ def coverage_section(evidence: Evidence, config: AuditConfig, class_logits: np.n
     if len(real_idx) > config.coverage_max_real:
         real_idx = np.sort(rng.choice(len(real_idx), config.coverage_max_real, replace=False))
     real = train_feats[real_idx]
+    n_real, n_gen, k = len(real), len(gen_feats), config.nearest_k
+    # What each figure needs (training and generated rows); a figure short of it is null, with the reason.
+    needs = {"prdc": (k + 1, k + 1), "fd": (2, 2), "kd": (2, 2), "duplicate_fraction": (2, 2)}
+    not_computed = {name: f"needs at least {r} training and {g} generated samples (has {n_real} and {n_gen})"
+                    for name, (r, g) in needs.items() if n_real < r or n_gen < g}
     real_nn = cov.leave_one_out_nn_distances(real)
-    fake_nn = cov.leave_one_out_nn_distances(gen_feats)
+    fake_nn = cov.leave_one_out_nn_distances(gen_feats) if n_gen >= 2 else None
     dup_threshold = cov.collapse_threshold(None, 0.01, real_nn_distances=real_nn)
-    out = cov.prdc(real, gen_feats, nearest_k=config.nearest_k)
-    out.update(
-        nearest_k=config.nearest_k, n_real=len(real),
-        fd=fid.frechet_distance(real, gen_feats),
-        kd=fid.kernel_distance(real, gen_feats, num_subsets=config.kid_subsets, seed=config.seed),
-        kd_subsets=config.kid_subsets,
-        duplicate_fraction=cov.duplicate_fraction(None, dup_threshold, fake_nn_distances=fake_nn),
-        duplicate_threshold=dup_threshold,
-        nn_distances=cov.nn_distance_summary(None, None, real_nn_distances=real_nn, fake_nn_distances=fake_nn),
-        sample_grid=[{"sample_index": i, "train_index": int(gen.train_index[i])}
-                     for i in range(min(SAMPLE_GRID, len(gen_feats)))],
-    )
+    prdc = (cov.prdc(real, gen_feats, nearest_k=k) if "prdc" not in not_computed
+            else dict.fromkeys(("precision", "recall", "density", "coverage")))
+    out = {
+        **prdc, "nearest_k": k, "n_real": n_real,
+        "fd": None if "fd" in not_computed else fid.frechet_distance(real, gen_feats),
+        "kd": None if "kd" in not_computed else fid.kernel_distance(real, gen_feats, num_subsets=config.kid_subsets,
+                                                                     seed=config.seed),
+        "kd_subsets": config.kid_subsets,
+        "duplicate_fraction": None if fake_nn is None else cov.duplicate_fraction(None, dup_threshold,
+                                                                                  fake_nn_distances=fake_nn),
+        "duplicate_threshold": dup_threshold,
+        "nn_distances": None if fake_nn is None else cov.nn_distance_summary(
+            None, None, real_nn_distances=real_nn, fake_nn_distances=fake_nn),
+        "sample_grid": [{"sample_index": i, "train_index": int(gen.train_index[i])} for i in range(min(SAMPLE_GRID, n_gen))],
+    }
+    if not_computed:
+        out["not_computed"] = not_computed
     out.update(_inception_score(class_logits, config.embedder))
     out["modes"], gen_labels = _modes(train, train_feats, gen_feats, config)
     out.update(_diversity(real, gen_feats, gen_labels, out["modes"], dup_threshold, config))
@@ -65,7 +75,7 @@ def _diversity(real, gen_feats, gen_labels, modes_summary: dict, dup_threshold: 
         "vendi": diversity.vendi_score(gen_feats),
         "vendi_train": diversity.vendi_score(real_same_size),
         "vendi_per_mode": {names[int(k)]: v for k, v in per_mode.items()},
-        "support_size": diversity.support_size(gen_feats, dup_threshold),
+        "support_size": diversity.support_size(gen_feats, dup_threshold) if len(gen_feats) > 1 else None,
         "support_size_train": diversity.support_size(real_same_size, dup_threshold),
     }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ganaudit.features import as_features, check_count, check_same_dim
-from ganaudit.search.index import knn
+from ganaudit.search.index import faiss_seed, knn
 
 KMEANS_ITERATIONS = 25
 INITS = ("faiss", "k-means++")
@@ -47,7 +47,7 @@ def kmeans_centroids(x: np.ndarray, n_clusters: int, seed: int = 0, init: str = 
                             min_points_per_centroid=1)
 
     if init == "faiss":
-        kmeans = new_kmeans(int(seed))
+        kmeans = new_kmeans(faiss_seed(seed))
         kmeans.train(x)
         return np.ascontiguousarray(kmeans.centroids, dtype=np.float32).reshape(n_clusters, x.shape[1])
     rng = np.random.default_rng(seed)

@@ -36,22 +36,26 @@ DEFAULT_PAIR_BLOCK_SIZE = 2048  # worst case (all pairs close): ~12 bytes × blo
 
 
 def _rows_float64(x: np.ndarray, normalize: bool) -> np.ndarray:
-    """Rows as float64, L2-normalised when asked (zero rows have no cosine similarity)."""
+    """Rows as float64; with ``normalize`` unit length, plus one column for zero rows.
+
+    Cosine similarity is undefined for an all-zero row (a black image, a blank generator), so
+    the convention is explicit: two zero rows are identical (similarity 1), a zero row and any
+    other row are unrelated (similarity 0). An extra column that is 1 for zero rows and 0 for
+    the others gives exactly those inner products, so every kernel here stays ``X Xᵀ``.
+    """
     rows = x.astype(np.float64)
-    if normalize:
-        norms = np.linalg.norm(rows, axis=1)
-        if not (norms > 0).all():
-            raise ValueError(
-                f"features has {int((norms == 0).sum())} all-zero rows: cosine similarity is "
-                "undefined for them (drop them or pass normalize=False)"
-            )
-        rows /= norms[:, None]
-    return rows
+    if not normalize:
+        return rows
+    norms = np.linalg.norm(rows, axis=1)
+    zero = norms == 0
+    rows /= np.where(zero, 1.0, norms)[:, None]
+    return np.hstack([rows, zero[:, None].astype(np.float64)])
 
 
 def _feature_gram(x: np.ndarray, normalize: bool) -> np.ndarray:
-    """``Xᵀ X``, ``(D, D)`` float64, accumulated over row blocks."""
-    gram = np.zeros((x.shape[1], x.shape[1]), dtype=np.float64)
+    """``Xᵀ X``, ``(D', D')`` float64 (``D' = D + 1`` with ``normalize``), over row blocks."""
+    width = x.shape[1] + (1 if normalize else 0)
+    gram = np.zeros((width, width), dtype=np.float64)
     for start in range(0, x.shape[0], _GRAM_BLOCK_ROWS):
         rows = _rows_float64(x[start : start + _GRAM_BLOCK_ROWS], normalize)
         gram += rows.T @ rows
@@ -84,9 +88,10 @@ def vendi_score(features: np.ndarray, normalize: bool = True) -> float:
     unnormalised linear kernel this makes the score independent of the features' scale.
 
     Args:
-        features: ``(N, D)`` float32 features, ``N >= 1``; with ``normalize`` no row may be
-            all zero.
-        normalize: L2-normalise the rows first (cosine similarity).
+        features: ``(N, D)`` float32 features, ``N >= 1``.
+        normalize: L2-normalise the rows first (cosine similarity; all-zero rows are similar
+            to each other only, see ``_rows_float64``). Without it, all-zero features are an
+            error (the linear kernel has no mass).
 
     Returns:
         A float in ``[1, min(N, D)]``. Cost ``N·D²`` (``N²·D`` when ``N <= D``); memory
@@ -99,7 +104,8 @@ def vendi_score(features: np.ndarray, normalize: bool = True) -> float:
     """
     x = as_features(features, "features")
     n, d = x.shape
-    gram = _feature_gram(x, normalize) if d < n else _sample_gram(x, normalize)
+    width = d + (1 if normalize else 0)
+    gram = _feature_gram(x, normalize) if width < n else _sample_gram(x, normalize)
     return _vendi_from_gram(gram)
 
 

@@ -10,14 +10,12 @@ import argparse
 import logging
 import os
 import sys
-import traceback
 from pathlib import Path
 
 from ganaudit.errors import GanauditError
 
 log = logging.getLogger(__name__)
 
-EXIT_INTERNAL = 3
 SECRET_ENV = "GANAUDIT_WEBHOOK_SECRET"
 # flag attribute -> AuditConfig field (the same name)
 AUDIT_FLAGS = ("train", "holdout", "num_samples", "seed", "embedder", "device", "batch_size", "cache_dir", "no_cache",
@@ -101,14 +99,7 @@ def gate_options(args: argparse.Namespace):
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    return _guarded(_gate, args)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    return _guarded(_serve, args)
-
-
-def _gate(args: argparse.Namespace) -> int:
+    """``ganaudit mlflow gate``; a crash is exit 3 through the main CLI, never a verdict."""
     from ganaudit.registry.client import make_client, parse_model_uri
     from ganaudit.registry.mlflow_gate import gate_version
 
@@ -126,7 +117,8 @@ def _gate(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
-def _serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``ganaudit mlflow serve``: runs until stopped."""
     from ganaudit.registry.serve import ServeOptions, serve_forever
 
     secret = os.environ.get(args.secret_env, "")
@@ -142,17 +134,3 @@ def _serve(args: argparse.Namespace) -> int:
                            models=tuple(args.models or ()), retry_max=args.retry_max)
     logging.getLogger("ganaudit.registry").setLevel(logging.INFO)  # a service: say what it does
     return serve_forever(options, announce=lambda line: print(line, flush=True))
-
-
-def _guarded(fn, args: argparse.Namespace) -> int:
-    """Run a handler: bad input stays GanauditError (exit 2); anything unexpected is exit 3, never 1."""
-    try:
-        return fn(args)
-    except GanauditError:
-        raise
-    except Exception as e:
-        if getattr(args, "verbose", False):
-            traceback.print_exc()
-        text = str(e).strip().splitlines()
-        print(f"internal error: {type(e).__name__}: {text[0] if text else ''}", file=sys.stderr)
-        return EXIT_INTERNAL

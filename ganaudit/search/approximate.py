@@ -14,7 +14,7 @@ import numpy as np
 
 from ganaudit.features import as_features
 from ganaudit.search.index import (
-    DEFAULT_BLOCK_SIZE, FlatIndex, SearchIndex, flat_blocks, gpu_resources, merge_block_results,
+    DEFAULT_BLOCK_SIZE, FlatIndex, SearchIndex, faiss_seed, flat_blocks, gpu_resources, merge_block_results,
 )
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class ApproxIndex(SearchIndex):
         if gpu is not None:
             index = faiss.index_cpu_to_gpu(resources, gpu, index)
         if kind == "ivf":
-            index.cp.seed = seed  # after the move: a GPU copy does not take the clustering parameters
+            index.cp.seed = faiss_seed(seed)  # after the move: a GPU copy does not take the clustering parameters
             index.train(database)
         index.add(database)
         return cls(index, metric, kind, gpu, resources)

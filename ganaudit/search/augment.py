@@ -19,14 +19,6 @@ GRID_PIXELS = 3
 ZOOM_PIXELS = (1, 2, 3)
 
 
-def count(augmentations: tuple[str, ...]) -> int:
-    """How many variants (the identity included) ``variants`` yields."""
-    n = 1 + ("flip" in augmentations) + len(ZOOM_PIXELS) * ("zoom" in augmentations)
-    if "shift-grid" in augmentations:
-        return n + (2 * GRID_PIXELS + 1) ** 2 - 1
-    return n + 8 * ("shift" in augmentations)
-
-
 def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, images)``: the identity first, then each requested family.
 
@@ -39,7 +31,8 @@ def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[t
       which re-aligns a copy moved by up to 3 pixels exactly; replaces ``"shift"``.
     - ``"zoom"``: the image shrunk about its centre by ``c`` pixels on each side, for each
       ``c`` in ``ZOOM_PIXELS``: undoes a centred crop of ``c`` pixels per side that was
-      resized back to the full frame ("slightly cropped").
+      resized back to the full frame ("slightly cropped"). A zoom that would leave no image
+      (``2c`` at least the image's side: tiny images) is skipped; the names yielded say which ran.
     """
     yield "identity", images
     if "flip" in augmentations:
@@ -56,7 +49,8 @@ def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[t
         yield f"shift({dx:+d},{dy:+d})", shift(images, dx * unit, dy * unit)
     if "zoom" in augmentations:
         for c in ZOOM_PIXELS:
-            yield f"zoom(-{c})", zoom_out(images, c * unit)
+            if 2 * c * unit < min(images.shape[-2:]):
+                yield f"zoom(-{c})", zoom_out(images, c * unit)
 
 
 def shift(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:

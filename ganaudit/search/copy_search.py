@@ -7,6 +7,7 @@ identity variant's, when it is the copy embedder), so the caller never embeds tw
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,8 @@ from ganaudit.embedders.base import Embedder
 from ganaudit.progress import progress_bar
 from ganaudit.search.index import SearchIndex
 from ganaudit.metrics.copy_stats import cosine_to_distance, relative_nn_score
+
+log = logging.getLogger(__name__)
 
 # Variants are searched together until this many queries have gathered (fewer, larger
 # searches; the features of one group are at most SEARCH_GROUP x D floats).
@@ -74,6 +77,7 @@ class CopySearcher:
         self.embedder = embedder if embedder is not None else copy_embedder
         self.augmentations = augmentations
         self.k = min(copy_k, index.ntotal - 2)
+        self._warned = False
         if self.k < 1:
             raise ValueError("the training set needs at least 3 images")
 
@@ -101,6 +105,10 @@ class CopySearcher:
                 pending = []
         if pending:
             best = self._search_group(pending, exclude, len(names) - len(pending), best)
+        if "zoom" in self.augmentations and not any(n.startswith("zoom") for n in names) and not self._warned:
+            self._warned = True
+            log.warning("images of %dx%d px are too small to zoom out; copy search skips the zoom variants",
+                        *images.shape[-2:])
         best.names = names
         features = copy_feats if self.embedder is self.copy_embedder else self.embedder.embed(images)
         return features, copy_feats, best

@@ -195,6 +195,11 @@ def _drop_excluded(
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 
 
+def faiss_seed(seed: int) -> int:
+    """A seed FAISS takes (a C ``int``) from any audit seed in [0, 2**63): the same below 2**31 - 1."""
+    return int(seed) % (2**31 - 1)
+
+
 def faiss_gpu_id(device) -> int | None:
     """The GPU faiss should search on for a torch ``device``, or None for the CPU.
 

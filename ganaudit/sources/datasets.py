@@ -9,6 +9,9 @@ Every image becomes an RGB float32 tensor in [0, 1] with shape ``(3, H, W)``:
   order) with PIL's antialiased bicubic filter (``Image.resize(..., BICUBIC)``), whatever the
   embedder; the embedder then resizes to its own input size on the device, also bicubic and
   antialiased. Aspect ratios are not kept: nothing is cropped.
+- Large images: when the first image's long side exceeds ``MAX_SIDE`` (1024 px), the set is
+  delivered at that size scaled down to a long side of 1024 (aspect kept), so a batch of
+  photographs never needs gigabytes. Every embedder's input is smaller than that.
 
 Folders are searched recursively for .png, .jpg, .jpeg, .webp and .bmp files (any case);
 hidden files and folders (names starting with ``.``, such as macOS ``._*`` files) are left
@@ -47,6 +50,7 @@ from ganaudit.sources.arrays import (
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_SIDE = 1024  # long side images are delivered at, at most
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -303,8 +307,19 @@ def _first_size(location: Path, files: list[str], skip_corrupt: bool) -> tuple[i
             if not skip_corrupt:
                 raise
             continue
-        return (int(first.shape[1]), int(first.shape[2]))
+        return _capped((int(first.shape[1]), int(first.shape[2])))
     raise GanauditError(f"{location}: none of its {len(files)} images could be read")
+
+
+def _capped(size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` scaled down to a long side of ``MAX_SIDE`` when it is longer (aspect kept)."""
+    h, w = size
+    if max(h, w) <= MAX_SIDE:
+        return size
+    scale = MAX_SIDE / max(h, w)
+    capped = (max(1, round(h * scale)), max(1, round(w * scale)))
+    log.info("images of %dx%d px are delivered at %dx%d (long side %d)", h, w, *capped, MAX_SIDE)
+    return capped
 
 
 def _open_array(location: Path, what: str) -> ImageSet:

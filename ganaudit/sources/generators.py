@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ganaudit.device import is_out_of_memory
-from ganaudit.config import normalised_class_weights
+from ganaudit.config_checks import normalised_class_weights
 from ganaudit.errors import GanauditError
 from ganaudit.plumbing import error_line, file_sha256, load_torchscript
 from ganaudit.sources.arrays import detect_range
@@ -164,7 +164,8 @@ class Generator:
 
 
 def sniff_format(path: Path) -> str:
-    """Tell ``pt2``, ``torchscript``, ``safetensors`` or ``pickle`` (torch.save) from the file itself."""
+    """Tell ``pt2``, ``torchscript``, ``safetensors``, ``pickle`` (torch.save) or ``unknown``
+    (none of them: no zip archive, no safetensors header, no pickle opcode) from the file itself."""
     if path.suffix == ".safetensors":
         return "safetensors"
     if zipfile.is_zipfile(path):
@@ -179,7 +180,7 @@ def sniff_format(path: Path) -> str:
         head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size:
         return "safetensors"
-    return "pickle"
+    return "pickle" if head[:1] == b"\x80" else "unknown"  # protocol 2+ pickles start with PROTO
 
 
 def load_generator(
@@ -205,6 +206,13 @@ def load_generator(
         raise GanauditError(f"--generator {path}: no such file")
     fmt = sniff_format(path)
     info = {"path": str(path), "sha256": file_sha256(path), "format": fmt}
+    if fmt == "unknown":
+        raise GanauditError(f"--generator {path}: not a checkpoint ganaudit can read (neither a torch.export "
+                            "program, TorchScript, a torch.save file nor safetensors)")
+    if fmt in ("pt2", "torchscript") and (arch is not None or arch_kwargs is not None):
+        raise GanauditError(f"--arch and --arch-kwargs are only for state_dict checkpoints; {path} is a "
+                            f"{'torch.export program' if fmt == 'pt2' else 'TorchScript file'} that carries its own "
+                            "architecture: drop them")
     if fmt == "pt2":
         module, signature = _load_pt2(path)
     elif fmt == "torchscript":
