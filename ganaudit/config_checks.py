@@ -45,6 +45,10 @@ def _opt(rule: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: v is None or rule(v)
 
 
+def _one_of(options) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and v in options
+
+
 def _path(v) -> bool:
     return isinstance(v, (str, Path)) and str(v) != ""
 
@@ -65,7 +69,7 @@ def _tta(v) -> bool:
 
 
 def _copy_threshold(v) -> bool:
-    return v in COPY_THRESHOLD_MODES if isinstance(v, str) else _num(v)
+    return _one_of(COPY_THRESHOLD_MODES)(v) or _num(v)
 
 
 # setting -> (rule, what the value must be)
@@ -73,11 +77,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_samples": (lambda v: _int(v) and v >= 10, "an integer of at least 10"),
     "seed": (lambda v: _int(v) and 0 <= v < MAX_SEED, "an integer in [0, 2**63)"),
     "batch_size": (lambda v: _int(v) and v >= 1, "a positive integer"),
-    "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
+    "device": (_one_of(DEVICES), f"one of {', '.join(DEVICES)}"),
     "embedder": (lambda v: isinstance(v, str) and v != "", "an embedder name (see `ganaudit embedders`)"),
     "copy_embedder": (lambda v: isinstance(v, str) and v != "", "auto or an embedder name"),
     "z_dim": (_opt(lambda v: _int(v) and v >= 1), "a positive integer"),
-    "output_range": (_opt(lambda v: v in OUTPUT_RANGES), f"one of {', '.join(OUTPUT_RANGES)}"),
+    "output_range": (_opt(_one_of(OUTPUT_RANGES)), f"one of {', '.join(OUTPUT_RANGES)}"),
     "arch": (_opt(lambda v: isinstance(v, str) and ":" in v), "like package.module:ClassName"),
     "arch_kwargs": (_opt(_json_object), "a JSON object, like '{\"z_dim\": 64}'"),
     "num_classes": (_opt(lambda v: _int(v) and v >= 1), "a positive integer"),
@@ -90,7 +94,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tta": (_opt(_tta), "a list of test-time augmentations: flip, shift, shift-grid, zoom (or none)"),
     "copy_threshold": (_copy_threshold, "auto, calibrated or a finite number"),
     "calibration_max": (lambda v: _int(v) and v >= 1, "a positive integer"),
-    "index": (lambda v: v in INDEX_KINDS, f"one of {', '.join(INDEX_KINDS)}"),
+    "index": (_one_of(INDEX_KINDS), f"one of {', '.join(INDEX_KINDS)}"),
     "approx_above": (lambda v: _int(v) and v >= 1, "a positive integer"),
     "coverage_max_real": (lambda v: _int(v) and v >= 2, "an integer of at least 2"),
     "modes": (_opt(lambda v: _int(v) and v >= 2), "an integer of at least 2"),

@@ -282,3 +282,20 @@ def test_bad_input_table(case: Case, env, tmp_path, capsys):
 
 def test_the_table_is_large_enough():
     assert len(CASES) >= 45 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.slow
+def test_one_bad_file_among_thousands_is_named_and_skippable(tmp_path, tiny_sets, capsys):
+    rng = np.random.default_rng(9)
+    root = tmp_path / "many"
+    for i in range(3000):
+        _png(root / f"{i:05d}.png", rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    (root / "02718.png").write_text("<html>a saved error page, not an image</html>")
+    args = ["check", "--generator", tiny_sets["fresh_gen"], "--train", root, "--num-samples", "20"]
+    code, _, err = run_cli(*args, capsys=capsys)
+    assert code == 2 and re.search(r"^error: cannot read image .*02718\.png", err.strip().splitlines()[-1]), err
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(*args, "--skip-corrupt", "--json", out, capsys=capsys)
+    assert code in (0, 1), err
+    result = json.loads(out.read_text())
+    assert result["train"]["n_corrupt"] == 1 and result["train"]["n_images"] == 2999

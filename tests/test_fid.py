@@ -148,3 +148,12 @@ def test_fid_functions_reject_bad_input(call, message):
     x, y = _correlated(rng, 20, 4), _correlated(rng, 20, 4)
     with pytest.raises(ValueError, match=message):
         call(x, y)
+
+
+def test_fd_of_a_constant_set_is_the_closed_form():
+    """A blank generator's features are constant: FD = |mu_real - c|^2 + tr(Sigma_real)."""
+    real = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    blank = np.full((50, 8), 0.25, dtype=np.float32)
+    expected = ((real.astype(np.float64).mean(0) - 0.25) ** 2).sum() + np.trace(np.cov(real.astype(np.float64), rowvar=False))
+    assert frechet_distance(real, blank) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(blank, blank) == pytest.approx(0.0, abs=1e-9)
