@@ -65,6 +65,13 @@ def _float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, like 1,1,2; got {text!r}") from None
 
 
+def _path_arg(text: str) -> Path:
+    """A path flag's text: never empty (``Path("")`` would silently be the working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
+
+
 def _name_list(text: str) -> tuple[str, ...]:
     """``"flip, shift"`` → ``("flip", "shift")``; ``"none"`` → ``()``."""
     return () if text.strip() == "none" else tuple(a.strip() for a in text.split(",") if a.strip())
@@ -79,17 +86,17 @@ class AuditConfig:
     """
 
     train: Path | None = _setting(None, Flag(
-        "training images: a folder (class subfolders give modes) or .npz/.npy", "source", Path))
+        "training images: a folder (class subfolders give modes) or .npz/.npy", "source", _path_arg))
     generator: Path | None = _setting(None, Flag(
-        "checkpoint: .pt2 (torch.export), TorchScript, state_dict or .safetensors", "source", Path))
+        "checkpoint: .pt2 (torch.export), TorchScript, state_dict or .safetensors", "source", _path_arg))
     samples: Path | None = _setting(None, Flag(
-        "a folder or .npz of already generated images, instead of --generator", "source", Path))
+        "a folder or .npz of already generated images, instead of --generator", "source", _path_arg))
     holdout: Path | None = _setting(None, Flag(
-        "held-out images from the training distribution (calibrates leak detection)", "source", Path))
+        "held-out images from the training distribution (calibrates leak detection)", "source", _path_arg))
     embedder: str = _setting("pixels", Flag("feature network (see `ganaudit embedders`; default pixels)"))
-    weights: Path | None = _setting(None, Flag("weights file for the embedder", parse=Path))
+    weights: Path | None = _setting(None, Flag("weights file for the embedder", parse=_path_arg))
     cache_dir: Path | None = _setting(None, Flag(
-        "embedding cache (default $XDG_CACHE_HOME/ganaudit, else ~/.cache/ganaudit)", parse=Path))
+        "embedding cache (default $XDG_CACHE_HOME/ganaudit, else ~/.cache/ganaudit)", parse=_path_arg))
     no_cache: bool = _setting(False, Flag("embed the training set again, without the cache", kind="switch"))
     num_samples: int = _setting(5000, Flag("samples to draw from the generator (default 5000)", parse=int))
     seed: int = _setting(0, Flag("seed of the latents and of every random choice (default 0)", parse=int))
@@ -122,7 +129,7 @@ class AuditConfig:
     copy_embedder: str = _setting("auto", Flag(
         "features copy search uses (default auto: the embedder's copy descriptor, e.g. pixels-copy for pixels; "
         "sscd for copy detection proper)"))
-    copy_weights: Path | None = _setting(None, Flag("weights file for --copy-embedder", parse=Path))
+    copy_weights: Path | None = _setting(None, Flag("weights file for --copy-embedder", parse=_path_arg))
     # auto: the copy embedder's published threshold if it has one, else calibrated from data;
     # calibrated: always from data; a number: absolute, in the copy embedder's metric units.
     copy_threshold: float | str = _setting("auto", Flag(
@@ -144,7 +151,7 @@ class AuditConfig:
         "(see README: which to compare with which table)", "fid"))
     reference_stats: Path | None = _setting(None, Flag(
         "FID against these statistics: a pytorch-fid or clean-fid .npz (mu, sigma), a clean-fid KID file (feats) "
-        "or an ADM reference batch", "fid", Path))
+        "or an ADM reference batch", "fid", _path_arg))
     fd_embedders: tuple[str, ...] = _setting((), Flag(  # empty: inception if any FID option is set
         "comma list of feature spaces to report FD in, e.g. inception,dinov2-vitl14 "
         "(default: inception when any FID option is given)", "fid", _name_list))
@@ -153,18 +160,18 @@ class AuditConfig:
     # gate and outputs
     gates: tuple[dict, ...] = ()
     baseline: Path | None = _setting(None, Flag(
-        "a previous result.json: fail on regressions against it", "outputs", Path))
+        "a previous result.json: fail on regressions against it", "outputs", _path_arg))
     baseline_rules: tuple[dict, ...] = ()
     warn_only: bool = _setting(False, Flag("report failed gates but exit 0", "outputs", kind="switch"))
-    html: Path | None = _setting(None, Flag("write the HTML report here", "outputs", Path))
-    json: Path | None = _setting(None, Flag("write the JSON result here", "outputs", Path))
-    junit: Path | None = _setting(None, Flag("write one JUnit test case per gate here", "outputs", Path))
+    html: Path | None = _setting(None, Flag("write the HTML report here", "outputs", _path_arg))
+    json: Path | None = _setting(None, Flag("write the JSON result here", "outputs", _path_arg))
+    junit: Path | None = _setting(None, Flag("write one JUnit test case per gate here", "outputs", _path_arg))
     progress: bool | None = _setting(None, Flag(  # None: only when stderr is a terminal
         "progress bars (default: on when stderr is a terminal)", "outputs", kind="toggle"))
     review_file: Path | None = _setting(None, Flag(  # None: ganaudit-review.toml in the working directory, if any
-        "waivers (default: ganaudit-review.toml in the working directory, if any)", "outputs", Path))
+        "waivers (default: ganaudit-review.toml in the working directory, if any)", "outputs", _path_arg))
     model_card: Path | None = _setting(None, Flag(
-        "write a model-card section (Markdown, Hugging Face model-index) here", "outputs", Path))
+        "write a model-card section (Markdown, Hugging Face model-index) here", "outputs", _path_arg))
 
     def validate(self) -> "AuditConfig":
         """Check every value and combination (``ganaudit.config_checks``); raise GanauditError
@@ -180,7 +187,7 @@ class AuditConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
-_PATH_FIELDS = {f.name for f in _FIELDS.values() if getattr(f.metadata.get("flag"), "parse", None) is Path}
+_PATH_FIELDS = {f.name for f in _FIELDS.values() if getattr(f.metadata.get("flag"), "parse", None) is _path_arg}
 
 
 def flag_fields() -> list[tuple[str, Flag]]:

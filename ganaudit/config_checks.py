@@ -31,6 +31,8 @@ MAX_SEED = 2**63
 # A search asks for copy_k + 2 neighbours; faiss on a GPU returns at most 2048.
 MAX_COPY_K = 1000
 OUTPUTS = ("json", "html", "junit", "model_card")
+INPUT_FILES = ("train", "generator", "samples", "holdout", "weights", "copy_weights", "baseline", "reference_stats",
+               "review_file")
 
 
 def _int(v) -> bool:
@@ -50,7 +52,7 @@ def _one_of(options) -> Callable[[Any], bool]:
 
 
 def _path(v) -> bool:
-    return isinstance(v, (str, Path)) and str(v) != ""
+    return isinstance(v, Path) or (isinstance(v, str) and v.strip() != "")
 
 
 def _json_object(v) -> bool:
@@ -171,6 +173,8 @@ def check_outputs(config) -> None:
     (or the nearest existing folder above it) takes a new file. Checked by creating and
     removing a probe file there, which also catches read-only mounts and full quotas."""
     given = {name: Path(getattr(config, name)) for name in OUTPUTS if getattr(config, name, None) is not None}
+    inputs = {Path(getattr(config, name)).resolve(): name for name in INPUT_FILES
+              if getattr(config, name, None) is not None}
     seen: dict[Path, str] = {}
     for name, path in given.items():
         flag = "--" + name.replace("_", "-")
@@ -178,6 +182,9 @@ def check_outputs(config) -> None:
         if key in seen:
             raise GanauditError(f"{seen[key]} and {flag} are the same file {path}: give each output its own path")
         seen[key] = flag
+        if key in inputs:
+            raise GanauditError(f"{flag} {path} is the --{inputs[key].replace('_', '-')} input: writing it would "
+                                "destroy it; give the output another path")
         if path.is_dir():
             raise GanauditError(f"{flag} {path} is a folder: give the path of a file to write")
         _probe_folder(path, flag)

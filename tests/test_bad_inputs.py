@@ -115,6 +115,17 @@ def env(tmp_path_factory, tiny_sets) -> dict:
     torch.export.save(torch.export.export(BankGenerator(load_folder_as_tensor(tiny_sets["train"])),
                                           (torch.zeros(2, 8),)), root / "bank.pt2")
     e["gen_pt2"] = root / "bank.pt2"
+    np.savez(root / "one.npz", images=rng.integers(0, 255, (1, 16, 16, 3), dtype=np.uint8))
+    e["npz_one"] = root / "one.npz"
+    np.save(root / "gray.npy", rng.integers(0, 255, (40, 16, 16), dtype=np.uint8))
+    e["npy_gray"] = root / "gray.npy"
+    np.save(root / "objects.npy", np.array([{"a": 1}] * 5, dtype=object), allow_pickle=True)
+    e["npy_object"] = root / "objects.npy"
+    e["holdout_two"] = root / "holdout_two"
+    for i in range(2):
+        _png(e["holdout_two"] / f"{i}.png", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    e["baseline_ok"] = root / "baseline_ok.json"
+    e["baseline_ok"].write_text("{}")
     e["baseline_bad"] = root / "bad.json"
     e["baseline_bad"].write_text('{"verdict": "pass"}')
     e["file_as_dir"] = root / "regular_file"
@@ -237,6 +248,25 @@ CASES = [
          config='gates = "strict"'),
     Case("config-seed-bool", lambda e: common(e), "error", r"seed .*integer", config="seed = true"),
     Case("config-tta-not-list", lambda e: common(e), "error", r"tta must be a list", config='tta = "flip"'),
+    Case("train-empty-string", lambda e: ["--train", "", "--generator", e["fresh_gen"]], "error",
+         r"--train: expected a path, got an empty string"),
+    Case("json-over-the-checkpoint", lambda e: common(e, "--json", e["fresh_gen"]), "error",
+         r"--json .* is the --generator input", outputs=()),
+    Case("html-over-the-baseline", lambda e: common(e, "--baseline", e["baseline_ok"], "--html", e["baseline_ok"]),
+         "error", r"--html .* is the --baseline input"),
+    Case("output-range-wrong-but-legal", lambda e: common(e, "--output-range", "0,255"), "audit"),
+    Case("class-weights-nan", lambda e: common(e, "--num-classes", "3", "--class-weights", "1,nan,1"), "error",
+         r"--class-weights must be 3 non-negative numbers"),
+    Case("truncation-nan", lambda e: common(e, "--truncation", "nan"), "error", r"--truncation must be"),
+    Case("embedder-empty", lambda e: common(e, "--embedder", ""), "error", r"--embedder must be an embedder name"),
+    Case("samples-npz-of-one-image", lambda e: [*common(e, gen=None), "--samples", e["npz_one"]], "audit",
+         check=lambda r: r["coverage"]["precision"] is None and "prdc" in r["coverage"]["not_computed"]),
+    Case("npy-grayscale-nhw", lambda e: common(e, "--alpha", "0.05", train="npy_gray", holdout=None), "audit"),
+    Case("npy-object-dtype", lambda e: common(e, train="npy_object", holdout=None), "error", r"objects\.npy"),
+    Case("holdout-of-two-images", lambda e: common(e, holdout="holdout_two"), "error",
+         r"calibration has \d+ reference images.*needs at least 99"),
+    Case("weights-is-a-folder", lambda e: common(e, "--embedder", "inception", "--weights", e["empty_dir"]), "error",
+         r"--weights"),
     Case("config-file-value-bad-though-overridden", lambda e: common(e, "--alpha", "0.05"), "error",
          r"alpha .*number", config='alpha = "high"'),
 ]
@@ -252,9 +282,12 @@ def _run(case: Case, e: dict, tmp_path: Path, capsys):
         cfg = tmp_path / "ganaudit.toml"
         cfg.write_text(case.config + "\n")
         args += ["--config", str(cfg)]
+    outputs = [Path(a) for flag, a in zip(args, args[1:]) if flag in ("--json", "--html", "--junit")]
+    before = {path: path.read_bytes() if path.is_file() else None for path in outputs}
     code, out, err = run_cli(*args, capsys=capsys)
-    written = [Path(a) for flag, a in zip(args, args[1:]) if flag in ("--json", "--html", "--junit")]
-    return code, out, err, written
+    # what the run wrote: a new file, or an existing one changed
+    written = [path for path in outputs if path.is_file() and path.read_bytes() != before[path]]
+    return code, out, err, written if code == 2 else outputs
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -266,8 +299,7 @@ def test_bad_input_table(case: Case, env, tmp_path, capsys):
         assert code == 2, (code, err)
         assert lines and lines[-1].startswith("error: "), err
         assert re.search(case.pattern, lines[-1]), lines[-1]
-        for path in written:
-            assert not path.is_file(), f"{path} was written"
+        assert not written, f"{written} written by a run that exited 2"
         return
     assert code in case.codes, (code, err)
     result_path = next(p for p in written if p.suffix == ".json" or p.name == "result.json")

@@ -76,7 +76,7 @@ def _diversity(real, gen_feats, gen_labels, modes_summary: dict, dup_threshold: 
         "vendi_train": diversity.vendi_score(real_same_size),
         "vendi_per_mode": {names[int(k)]: v for k, v in per_mode.items()},
         "support_size": diversity.support_size(gen_feats, dup_threshold) if len(gen_feats) > 1 else None,
-        "support_size_train": diversity.support_size(real_same_size, dup_threshold),
+        "support_size_train": diversity.support_size(real_same_size, dup_threshold) if len(real_same_size) > 1 else None,
     }
 
 
