@@ -265,29 +265,6 @@ def kernel_distance_subsets(
     return values
 
 
-def kernel_distance_mean_std(
-    real: np.ndarray,
-    fake: np.ndarray,
-    num_subsets: int = 100,
-    subset_size: int = 1000,
-    degree: int = 3,
-    gamma: float | None = None,
-    coef0: float = 1.0,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Mean and standard deviation over subsets of :func:`kernel_distance_subsets`.
-
-    Args: as :func:`kernel_distance`.
-
-    Returns:
-        ``(mean, std)`` floats (population std over subsets, as torch-fidelity reports).
-    """
-    values = kernel_distance_subsets(
-        real, fake, num_subsets, subset_size, degree, gamma, coef0, seed
-    )
-    return float(values.mean()), float(values.std())
-
-
 def kernel_distance(
     real: np.ndarray,
     fake: np.ndarray,
