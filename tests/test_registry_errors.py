@@ -22,7 +22,7 @@ def _gate(server, uri: str, tmp_path, *extra: str) -> int:
 
 @pytest.mark.parametrize("files, reason", [
     ({"README.md": "weights to follow"}, "no generator checkpoint among the version's artifacts"),
-    ({"generator.pt2": b"PK\x03\x04 not really a program"}, "--generator generator.pt2: not a readable checkpoint"),
+    ({"generator.pt2": b"PK\x03\x04 not really a program"}, "--generator generator.pt2: not a checkpoint ganaudit can read"),
     ({"g.pt": GENERATORS / "dcgan_state_dict.pt"}, "holds weights only: pass --arch"),
 ])
 def test_an_unauditable_version_is_tagged_error_and_loses_the_alias(mlflow_server, tmp_path, capsys, files, reason):
