@@ -20,7 +20,8 @@ EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_INTERNAL = 0, 1, 2, 3
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line and exit code 2, as for every bad input
-        self.exit(EXIT_ERROR, f"error: {message} (see `ganaudit {self.prog.split()[-1]} --help`)\n")
+        # self.prog is the command path ("ganaudit", "ganaudit check", "ganaudit mlflow gate")
+        self.exit(EXIT_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

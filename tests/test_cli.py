@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import FunctionGenerator, run_cli, save_torchscript
+from ganaudit.cli import main
 
 FAST = ("--num-samples", "120", "--tta", "none")
 
@@ -212,3 +213,17 @@ def test_missing_embedder_weights_name_the_file_and_the_fetch_command(tiny_sets,
 def test_fetch_weights_of_an_embedder_without_weights(capsys):
     msg = _bad(capsys, "fetch-weights", "pixels")
     assert "no downloadable weights" in msg
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["check", "--no-such-flag"], "see `ganaudit --help`"),
+    (["check", "--num-samples", "many"], "see `ganaudit check --help`"),
+    (["no-such-command"], "see `ganaudit --help`"),
+    (["mlflow", "gate"], "see `ganaudit mlflow gate --help`"),
+])
+def test_usage_errors_name_the_help_of_the_command_that_failed(argv, hint, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and hint in err and "ganaudit ganaudit" not in err
