@@ -142,7 +142,9 @@ def flag_label(name: str) -> str:
 def check_combinations(config) -> None:
     """The checks that look at several settings, or at the files they name."""
     if config.train is None:
-        raise GanauditError("--train is required: the folder or .npz of training images")
+        extra = (" (--reference-stats replaces only the training images' statistics in FD; the copy search and "
+                 "coverage need the images themselves)" if config.reference_stats is not None else "")
+        raise GanauditError("--train is required: the folder or .npz of training images" + extra)
     if (config.generator is None) == (config.samples is None):
         raise GanauditError("give exactly one of --generator (a checkpoint) or --samples "
                             "(a folder or .npz of generated images)")

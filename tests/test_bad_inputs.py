@@ -213,6 +213,8 @@ CASES = [
     Case("train-missing", lambda e: ["--train", e["root"] / "nope", "--generator", e["fresh_gen"]], "error",
          r"no such file"),
     Case("no-train", lambda e: ["--generator", e["fresh_gen"]], "error", r"--train is required"),
+    Case("no-train-with-reference-stats", lambda e: ["--generator", e["fresh_gen"], "--reference-stats", e["npz_one"]],
+         "error", r"--train is required.*--reference-stats replaces only"),
     Case("generator-and-samples", lambda e: [*common(e), "--samples", e["samples_3"]], "error", r"exactly one of"),
     Case("generator-is-directory", lambda e: common(e, "--generator", e["empty_dir"], gen=None), "error",
          r"--generator .*is a folder, not a checkpoint file"),
