@@ -53,11 +53,11 @@ class Recovered:
 
 def gradient_problem(generator) -> str | None:
     """Why latents cannot be optimised through ``generator`` (a ``sources.generators.Generator``),
-    or None when gradients reach ``z``: one forward and backward of two latents."""
+    or None when gradients reach ``z``: one forward and backward of two random latents."""
     if generator.num_classes is not None:
         return ("latent recovery of conditional generators is not supported (the class each target image "
                 "would need is not known)")
-    z = torch.zeros(2, generator.z_dim, device=generator.device, requires_grad=True)
+    z = initial_latents(np.array([0, 1]), 1, generator.z_dim, seed=0).to(generator.device).requires_grad_(True)
     try:
         with torch.enable_grad():
             out = generator.decode(z)
@@ -68,6 +68,9 @@ def gradient_problem(generator) -> str | None:
         return f"backpropagating through the generator failed: {error_line(e, with_type=True)}"
     if z.grad is None or not torch.isfinite(z.grad).all():
         return "the generator gives no finite gradient with respect to z"
+    if not z.grad.abs().sum() > 0:
+        return ("the generator's gradient with respect to z is zero (its output is rounded or quantised inside, "
+                "or it ignores z), so no latent can be optimised")
     return None
 
 
