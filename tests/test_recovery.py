@@ -193,11 +193,12 @@ def test_generators_without_gradients_are_named_not_run(tmp_path):
 # ---------------------------------------------------------------- through the CLI
 
 
+@pytest.mark.slow
 def test_a_generator_without_gradients_gets_a_note_in_json_summary_and_report(tmp_path, tiny_sets, capsys):
     gen = save_torchscript(NoGrad(), tmp_path / "nograd.pt")
     out = tmp_path / "r.json"
     code, stdout, err = run_cli("check", "--generator", gen, "--z-dim", "4", "--train", tiny_sets["train"],
-                                "--holdout", tiny_sets["holdout"], "--num-samples", "20", "--recover", "4",
+                                "--holdout", tiny_sets["holdout"], "--num-samples", "20", "--tta", "none", "--recover", "4",
                                 "--json", out, "--html", tmp_path / "r.html", capsys=capsys)
     assert code in (0, 1), err
     rec = json.loads(out.read_text())["recovery"]
@@ -210,7 +211,7 @@ def test_recover_on_a_tiny_generator_writes_every_output(tmp_path, tiny_sets, ca
     gen = save_torchscript(LinearSized16(), tmp_path / "lin.pt")
     out, html = tmp_path / "r.json", tmp_path / "r.html"
     code, stdout, err = run_cli("check", "--generator", gen, "--train", tiny_sets["train"], "--holdout",
-                                tiny_sets["holdout"], "--num-samples", "20", "--recover", "5", "--recover-steps", "5",
+                                tiny_sets["holdout"], "--num-samples", "20", "--tta", "none", "--recover", "5", "--recover-steps", "5",
                                 "--recover-restarts", "2", "--alpha", "0.2", "--json", out, "--html", html,
                                 capsys=capsys)
     assert code in (0, 1), err
@@ -245,7 +246,7 @@ DATA = FIXTURES / "data"
 def _recover(tmp_path, capsys, generator, train, n, *extra):
     out = tmp_path / "r.json"
     code, _, err = run_cli("check", "--generator", generator, "--train", train, "--holdout", DATA / "holdout",
-                           "--num-samples", "100", "--recover", str(n), "--recover-steps", "100",
+                           "--num-samples", "20", "--tta", "none", "--recover", str(n), "--recover-steps", "100",
                            "--recover-restarts", "2", "--alpha", "0.05", "--json", out, *extra, capsys=capsys)
     assert code in (0, 1), err
     return json.loads(out.read_text())["recovery"]
@@ -257,10 +258,11 @@ def test_the_memorising_dcgan_reconstructs_its_training_images(tmp_path, capsys)
     rec = _recover(tmp_path, capsys, GENERATORS / "memorised.pt2", DATA / "memorised_train", 24)
     assert rec["n_train"] == 24 and rec["auc"] >= 0.9 and rec["auc_ci95"][0] > 0.75, rec["auc"]
     assert rec["n_flagged"] >= 12
-    top = [t["train_path"] for t in rec["train"][:12]]
-    assert set(top) <= set(manifest["subset"]["train_paths"])
-    # the most recoverable images are closer than every held-out image
-    assert rec["train"][0]["distance"] < min(h["distance"] for h in rec["holdout"])
+    assert {t["train_path"] for t in rec["train"]} == set(manifest["subset"]["train_paths"])
+    # pooled over training and held-out images, the most recoverable are the training images
+    pooled = sorted([(t["distance"], "train") for t in rec["train"]] + [(h["distance"], "holdout") for h in rec["holdout"]])
+    assert [kind for _, kind in pooled[:8]] == ["train"] * 8
+    assert sum(kind == "train" for _, kind in pooled[:24]) >= 20
 
 
 @pytest.mark.slow
