@@ -30,7 +30,7 @@ INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 MAX_SEED = 2**63
 # A search asks for copy_k + 2 neighbours; faiss on a GPU returns at most 2048.
 MAX_COPY_K = 1000
-MAX_RECOVER = 100_000  # latent recovery optimises every image: more is days of work, never meant
+MAX_RECOVER = 100_000  # each image is optimised: 100k is days of CPU work; the bound catches typos
 OUTPUTS = ("json", "html", "junit", "model_card")
 INPUT_FILES = ("train", "generator", "samples", "holdout", "weights", "copy_weights", "baseline", "reference_stats",
                "review_file")

@@ -190,6 +190,20 @@ def test_generators_without_gradients_are_named_not_run(tmp_path):
     assert "conditional" in gradient_problem(conditional)
 
 
+@pytest.mark.parametrize("name, arch", [("dcgan.pt2", None), ("dcgan.torchscript.pt", None),
+                                        ("dcgan_state_dict.pt", "fixtures.dcgan:Generator")])
+def test_every_checkpoint_format_gives_gradients_and_one_recovery_step_lowers_the_loss(name, arch):
+    from ganaudit.sources.generators import load_generator
+
+    g = load_generator(FIXTURES / "generators" / name, torch.device("cpu"), arch=arch,
+                       arch_kwargs='{"z_dim": 64, "ngf": 32}' if arch else None, value_range=(-1.0, 1.0))
+    assert gradient_problem(g) is None
+    target = g.decode(torch.ones(1, 64)).detach()
+    far = LatentRecovery(g, RecoverySettings(steps=1, restarts=1, lr=1e-9)).recover(target, np.arange(1), chunk=1)
+    near = LatentRecovery(g, RecoverySettings(steps=10, restarts=1, lr=0.05)).recover(target, np.arange(1), chunk=1)
+    assert near.distance[0] < 0.8 * far.distance[0]
+
+
 # ---------------------------------------------------------------- through the CLI
 
 

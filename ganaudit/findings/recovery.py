@@ -22,6 +22,7 @@ from ganaudit.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
+BLOCK = 512  # targets loaded and recovered at a time (memory: BLOCK images, not N)
 SHOWN = 12  # most recoverable training images whose latents the result keeps (the report's table)
 DISTANCE = "root-mean-square pixel error in [0, 1] units at the generator's resolution"
 
@@ -41,7 +42,7 @@ def pick(n_images: int, n: int, seed: int, stream: int) -> np.ndarray:
 
 def recovery_section(source, train, holdout, copy_embedder, config, device) -> tuple[dict, dict]:
     """The ``recovery`` section and the reconstructions the report shows (``{train_index: (3, H, W)}``)."""
-    from ganaudit.search.recovery import LatentRecovery, RecoverySettings, gradient_problem
+    from ganaudit.search.recovery import LatentRecovery, Recovered, RecoverySettings, gradient_problem
 
     requested = config.recover
     if getattr(source, "kind", None) != "generator":
@@ -54,19 +55,26 @@ def recovery_section(source, train, holdout, copy_embedder, config, device) -> t
     started = time.perf_counter()
     train_idx = pick(len(train), requested, config.seed, 0)
     holdout_idx = pick(len(holdout), requested, config.seed, 1)
-    targets = torch.stack([train.load(int(i)) for i in train_idx] + [holdout.load(int(j)) for j in holdout_idx])
     keys = np.r_[2 * train_idx, 2 * holdout_idx + 1]
+    images = [(train, int(i)) for i in train_idx] + [(holdout, int(j)) for j in holdout_idx]
     settings = RecoverySettings(config.recover_steps, config.recover_restarts, config.recover_lr, config.seed)
+    chunk = max(1, config.batch_size // settings.restarts)  # latents per batch ~ --batch-size
+    distance, latents, restart, descriptor = [], [], [], []
     bar = progress_bar(len(keys) * settings.steps, "latent recovery", config.progress)
     try:
         recovery = LatentRecovery(generator, settings, on_step=bar.update)
-        chunk = max(1, config.batch_size // settings.restarts)  # latents per batch ~ --batch-size
-        found = recovery.recover(targets, keys, chunk)
+        for start in range(0, len(keys), BLOCK):  # only a block of targets in memory at a time
+            targets = _fit(torch.stack([s.load(i) for s, i in images[start:start + BLOCK]]), recovery.size)
+            found = recovery.recover(targets, keys[start:start + BLOCK], chunk)
+            recon = recovery.reconstruct(found.latents, config.batch_size)
+            distance.append(found.distance)
+            latents.append(found.latents)
+            restart.append(found.restart)
+            descriptor.append(_descriptor_distance(copy_embedder, targets, recon))
     finally:
         bar.close()
-    recon = recovery.reconstruct(found.latents, config.batch_size)
-    fitted = _fit(targets, recovery.size)
-    descriptor = _descriptor_distance(copy_embedder, fitted, recon)
+    found = Recovered(np.concatenate(distance), np.concatenate(latents), np.concatenate(restart))
+    descriptor = np.concatenate(descriptor)
     seconds = time.perf_counter() - started
     m = len(train_idx)
     figures, flags = _figures(found.distance[:m], found.distance[m:], descriptor[:m], descriptor[m:], config)
@@ -97,7 +105,8 @@ def recovery_section(source, train, holdout, copy_embedder, config, device) -> t
         output_size=list(recovery.size), device=str(device), seconds=round(seconds, 3),
         ms_per_image_restart=round(1000 * seconds / (len(keys) * settings.restarts), 2),
     )
-    shown = {int(train_idx[p]): recon[p] for p in order[:SHOWN]}
+    best = order[:SHOWN]
+    shown = dict(zip((int(train_idx[p]) for p in best), recovery.reconstruct(found.latents[best], config.batch_size)))
     return section, shown
 
 
