@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ganaudit import gate, result as provenance
@@ -24,6 +24,7 @@ from ganaudit.findings.coverage import coverage_section
 from ganaudit.findings.fd import FdRun
 from ganaudit.findings.memorization import memorization_section
 from ganaudit.findings.per_class import per_class_sections
+from ganaudit.findings.recovery import recovery_section
 from ganaudit.result import AuditResult
 from ganaudit.review import hooks as review
 from ganaudit.search.approximate import recall_at_1
@@ -44,6 +45,7 @@ class AuditContext:
     source: object
     train: object
     holdout: object | None
+    reconstructions: dict = field(default_factory=dict)  # latent recovery: train index -> (3, H, W) image
 
 
 def audit(config: AuditConfig) -> AuditResult:
@@ -95,6 +97,10 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     with _stage(timings, "calibrate"):
         reference = reference_scores(train, holdout, searcher, config.seed, config.calibration_max,
                                      config.batch_size, config.progress)
+    recovery, reconstructions = None, {}
+    if config.recover is not None:  # white-box membership test: after sampling, so the output range is known
+        with _stage(timings, "recovery"):
+            recovery, reconstructions = recovery_section(source, train, holdout, copy_embedder, config, device)
     with _stage(timings, "index_recall"):  # exact search of a sample: only costs for approximate indexes
         index_info = {"kind": index.kind, "device": index.device, "cached": index.cached,
                       "recall_at_1": recall_at_1(index, train_copy_feats, generated.copy_features),
@@ -120,11 +126,12 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         embedder=provenance.embedder_info(embedder, device),
         generator=provenance.generator_info(source, config),
         train=provenance.set_info(train), holdout=provenance.set_info(holdout) if holdout else None,
+        recovery=recovery,
         config=provenance.config_info(config), timings=timings, versions=provenance.versions(),
     )
     review.gate_with_review(result, config, baseline)
     timings["total"] = round(time.perf_counter() - started, 3)
-    return result, AuditContext(source, train, holdout)
+    return result, AuditContext(source, train, holdout, reconstructions)
 
 
 def open_generated(config: AuditConfig, device):

@@ -121,6 +121,19 @@ FIGURES: tuple[Figure, ...] = (
     Figure("memorization.mia_auc", False, "membership-inference AUC", "auc",
            "GAN-Leaks membership-inference AUC: 0.5 means no leak.", headline=True, note="(0.5: no leak)",
            optional=True),
+    Figure("recovery.auc", False, "latent-recovery AUC", "auc",
+           "White-box membership AUC (--recover): how often a training image is reconstructed through the generator "
+           "closer than a held-out one, in pixels; 0.5 means no leak.", headline=True, optional=True,
+           note="(95% CI {recovery.auc_ci95.0:num2}–{recovery.auc_ci95.1:num2}; 0.5: no leak)"),
+    Figure("recovery.auc_descriptor", False, "latent-recovery AUC (copy descriptor)", "auc",
+           "The latent-recovery AUC with reconstruction distances measured in the copy descriptor.", optional=True),
+    Figure("recovery.flagged_fraction", False, "training images recovered", "fraction",
+           "Fraction of recovered training images reconstructed closer than all but alpha of the held-out images.",
+           "pct", headline=True, optional=True,
+           note="({recovery.n_flagged} of {recovery.n_train} at alpha {recovery.alpha})"),
+    Figure("recovery.n_flagged", False, "recovered training images flagged", "count",
+           "Number of recovered training images flagged against the held-out images' distances.", "num0",
+           optional=True),
 )
 
 BY_PATH: dict[str, Figure] = {f.path: f for f in FIGURES}

@@ -139,6 +139,14 @@ class AuditConfig:
     index: str = _setting("auto", Flag(  # auto: exact up to approx_above training images
         "training-set search: flat (exact), ivf, hnsw, or auto (exact up to 1M images)"))
     approx_above: int = 1_000_000
+    # latent recovery (white-box membership test; findings/recovery.py): off unless recover is set
+    recover: int | None = _setting(None, Flag(
+        "latent recovery: optimise latents so the generator reconstructs N training and N holdout images, "
+        "and compare (white-box membership test; needs --holdout; default off)", parse=int, metavar="N"))
+    recover_steps: int = _setting(300, Flag("Adam steps of each latent recovery (default 300)", parse=int))
+    recover_restarts: int = _setting(4, Flag(
+        "random starting latents per recovered image, the best kept (default 4)", parse=int))
+    recover_lr: float = 0.05  # Adam's step size on z, cosine-decayed to 0 over recover_steps
     # coverage
     coverage_max_real: int = 10_000
     modes: int | None = _setting(None, Flag(

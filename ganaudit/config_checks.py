@@ -30,6 +30,7 @@ INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 MAX_SEED = 2**63
 # A search asks for copy_k + 2 neighbours; faiss on a GPU returns at most 2048.
 MAX_COPY_K = 1000
+MAX_RECOVER = 100_000  # each image is optimised: 100k is days of CPU work; the bound catches typos
 OUTPUTS = ("json", "html", "junit", "model_card")
 INPUT_FILES = ("train", "generator", "samples", "holdout", "weights", "copy_weights", "baseline", "reference_stats",
                "review_file")
@@ -106,6 +107,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "fd_embedders": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(n, str) and n for n in v),
                      "a comma list of embedder names"),
     "progress": (_opt(lambda v: isinstance(v, bool)), "true or false"),
+    "recover": (_opt(lambda v: _int(v) and 2 <= v <= MAX_RECOVER),
+                f"an integer in [2, {MAX_RECOVER}] (training and holdout images to recover), or unset"),
+    "recover_steps": (lambda v: _int(v) and 1 <= v <= 100_000, "an integer in [1, 100000]"),
+    "recover_restarts": (lambda v: _int(v) and 1 <= v <= 1000, "an integer in [1, 1000]"),
+    "recover_lr": (lambda v: _num(v) and 0 < v <= 10, "a number in (0, 10]"),
 }
 for _name in ("no_cache", "trust_checkpoint", "skip_corrupt", "warn_only", "fid_infinity"):
     RULES[_name] = (lambda v: isinstance(v, bool), "true or false")
@@ -161,6 +167,8 @@ def check_combinations(config) -> None:
           "--arch, --z-dim, --num-classes and --truncation describe a generator; --samples has none")
     _need(config.copy_weights is None or config.copy_embedder != "auto",
           "--copy-weights needs --copy-embedder NAME: the weights of that embedder")
+    _need(config.recover is None or config.holdout is not None,
+          f"--recover {config.recover} compares training with held-out images: give --holdout too")
     normalised_class_weights(config.class_weights, config.num_classes)
     check_outputs(config)
 

@@ -33,6 +33,7 @@ class AuditResult:
     holdout: dict | None = None
     baseline: dict | None = None
     review: dict | None = None  # the review file's waivers (ganaudit.review.waivers.apply_waivers)
+    recovery: dict | None = None  # latent recovery (--recover N; ganaudit.findings.recovery)
     config: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)

@@ -271,6 +271,23 @@ CASES = [
          r"--weights"),
     Case("config-file-value-bad-though-overridden", lambda e: common(e, "--alpha", "0.05"), "error",
          r"alpha .*number", config='alpha = "high"'),
+    # ---- latent recovery (--recover N, issue 17) -------------------------------------------
+    Case("recover-0", lambda e: common(e, "--recover", "0"), "error", r"--recover must be an integer in \[2, "),
+    Case("recover-1", lambda e: common(e, "--recover", "1"), "error", r"--recover must be an integer in \[2, "),
+    Case("recover-negative", lambda e: common(e, "--recover", "-5"), "error", r"--recover must be an integer"),
+    Case("recover-word", lambda e: common(e, "--recover", "all"), "error", r"--recover: invalid int"),
+    Case("recover-huge", lambda e: common(e, "--recover", str(10**9)), "error", r"--recover must be an integer in"),
+    Case("recover-without-holdout", lambda e: common(e, "--recover", "8", holdout=None), "error",
+         r"--recover 8 compares training with held-out images: give --holdout"),
+    Case("recover-steps-0", lambda e: common(e, "--recover", "8", "--recover-steps", "0"), "error",
+         r"--recover-steps must be an integer in \[1, "),
+    Case("recover-restarts-0", lambda e: common(e, "--recover", "8", "--recover-restarts", "0"), "error",
+         r"--recover-restarts must be an integer in \[1, "),
+    Case("config-recover-lr-0", lambda e: common(e), "error", r"recover_lr must be a number in \(0, 10\]",
+         config="recover_lr = 0"),
+    Case("config-recover-float", lambda e: common(e), "error", r"recover must be an integer", config="recover = 2.5"),
+    Case("recover-samples-folder", lambda e: [*common(e, "--recover", "4", gen=None), "--samples", e["samples_3"]],
+         "audit", check=lambda r: r["recovery"]["status"] == "skipped" and "samples folder" in r["recovery"]["note"]),
 ]
 
 

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 MAX_GALLERY = 24
 MAX_COPIED = 12
+MAX_RECOVERED = 12  # latent recovery's table (findings.recovery.SHOWN latents are kept)
 THUMBNAIL = 96
 
 
@@ -50,6 +51,8 @@ def wanted_images(result) -> tuple[set[int], set[int]]:
     for row in cov.get("modes", {}).get("per_mode", []):
         if not row.get("covered", True):
             train.update(e["train_index"] for e in row.get("examples", []))
+    recovery = getattr(result, "recovery", None) or {}
+    train.update(t["train_index"] for t in recovery.get("train", [])[:MAX_RECOVERED])
     extra_samples, extra_train = evidence_images(result)  # evidence per leaked training image
     return samples | extra_samples, train | extra_train
 
@@ -63,4 +66,6 @@ def collect_images(result, context) -> dict[str, str]:
             images[f"sample:{i}"] = to_data_uri(context.source.load(i))
         for j in sorted(train):
             images[f"train:{j}"] = to_data_uri(context.train.load(j))
+        for j, image in getattr(context, "reconstructions", {}).items():
+            images[f"recovered:{j}"] = to_data_uri(image)
     return images

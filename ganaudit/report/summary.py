@@ -22,6 +22,19 @@ def _figure_lines(result: dict) -> list[str]:
     return [f"  {names.get(section, section):<9} " + " · ".join(items) for section, items in sections.items()]
 
 
+def recovery_lines(rec: dict | None) -> list[str]:
+    """The latent-recovery line (``--recover``): AUC and interval, flags; or why it was skipped."""
+    if rec is None:
+        return []
+    if rec["status"] != "done":
+        return [f"  recovery  skipped: {rec['note']}"]
+    low, high = rec["auc_ci95"]
+    line = (f"  recovery  AUC {rec['auc']:.3f} (95% CI {low:.2f}–{high:.2f}; 0.5: no leak) over {rec['n_train']} "
+            f"training + {rec['n_holdout']} holdout images; {rec['n_flagged']} of {rec['n_train']} training images "
+            f"recovered closer than the holdout at alpha {rec['alpha']:g}")
+    return [line] + ([f"  recovery  note: {rec['note']}"] if rec.get("note") else [])
+
+
 def render_summary(result, config) -> str:
     from ganaudit.findings.fd import summary_lines as fd_summary_lines  # imports torch: only when printing
 
@@ -38,6 +51,7 @@ def render_summary(result, config) -> str:
            if modes["missing"] else "; none missing"),
     ]
     lines += fd_summary_lines(result.coverage)  # FID under its protocol, FD in other spaces
+    lines += recovery_lines(getattr(result, "recovery", None))
     lines += summary_lines(result)  # waivers and stale waivers
     for g in result.gates:
         if g["status"] in ("fail", "warn"):

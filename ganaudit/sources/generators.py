@@ -114,6 +114,12 @@ class Generator:
             ) from None
         return self._to_unit_range(out, len(indices))
 
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images of given latents ``z`` (``(B, z_dim)`` on ``self.device``): ``(B, 3, H, W)`` in
+        [0, 1], differentiable in ``z`` when the module is (latent recovery optimises through it).
+        Unlike :meth:`sample`, errors of the module are not rewritten and no inference mode is set."""
+        return self._to_unit_range(self._forward(z, labels), z.shape[0])
+
     def _forward(self, z: torch.Tensor, labels: torch.Tensor | None):
         """Call the module, in chunks padded to the batch sizes it accepts."""
         lo, hi = self.batch_range
