@@ -96,7 +96,7 @@ def blank_pages(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
         gradient = 3.0 * (np.cos(angle) * xx + np.sin(angle) * yy)
         img = level + gradient[..., None] + rng.normal(0, 0.6, (size, size, 3))
         out.append(np.clip(np.round(img), 0, 255).astype(np.uint8))
-    return np.stack(out)
+    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
 
 @dataclass
@@ -163,7 +163,7 @@ def planted_split(n_train: int = 400, n_holdout: int = 200, n_fresh: int = 300, 
 
     copy_sources = rng.choice(n_unique_train, size=per_kind * len(COPY_KINDS), replace=False)
     copies = [edit(train[t], COPY_KINDS[i // per_kind], rng) for i, t in enumerate(copy_sources)]
-    generated = np.concatenate([np.stack(copies), fresh, blank_pages(n_blank, size, rng)])
+    generated = np.concatenate([np.stack(copies) if copies else fresh[:0], fresh, blank_pages(n_blank, size, rng)])
     kind = np.array([COPY_KINDS[i // per_kind] for i in range(len(copies))] + ["fresh"] * len(fresh)
                     + ["blank"] * n_blank)
     source = np.r_[copy_sources, np.full(len(fresh) + n_blank, -1)]
