@@ -19,7 +19,7 @@ import torch
 
 from conftest import SCHEMA, run_cli
 from photo_crops import COPY_KINDS, blank_pages, edit, photo_tiles, planted_split, write_npz
-from ganaudit.audit import audit
+from ganaudit.audit import audit, audit_with_context
 from ganaudit.config import AuditConfig
 from ganaudit.errors import GanauditError
 from ganaudit.metrics.copy_stats import calibrate_threshold
@@ -121,16 +121,16 @@ def contaminated(tmp_path_factory):
     paths = write_npz(split, root)
     common = dict(train=paths["train"], samples=paths["samples"], alpha=ALPHA, no_cache=True, progress=False,
                   json=root / "result.json")
-    result = audit(AuditConfig(holdout=paths["holdout"], **common))
+    result, context = audit_with_context(AuditConfig(holdout=paths["holdout"], **common))
     clean = (split.holdout_dup_source < 0) & ~split.holdout_blank
     np.savez(root / "oracle.npz", images=split.holdout[clean])
     oracle = audit(AuditConfig(holdout=root / "oracle.npz", **common))
-    return split, result, oracle
+    return split, result, oracle, context
 
 
 @pytest.mark.slow
 def test_holdout_duplicates_are_found_excluded_and_reported(contaminated):
-    split, result, _ = contaminated
+    split, result, _, _ = contaminated
     h = result.memorization["hygiene"]
     found = {(p["reference_index"], p["train_index"]) for p in h["reference"]["pairs"]}
     planted = {(int(i), int(t)) for i, t in enumerate(split.holdout_dup_source) if t >= 0}
@@ -148,7 +148,7 @@ def test_holdout_duplicates_are_found_excluded_and_reported(contaminated):
 
 @pytest.mark.slow
 def test_edited_copies_are_found_at_the_clean_false_flag_rate(contaminated):
-    split, result, oracle = contaminated
+    split, result, oracle, _ = contaminated
     flagged = _flagged(result)
     # hygiene gives the flags of the audit whose holdout never held the duplicates
     assert result.memorization["threshold"] == pytest.approx(oracle.memorization["threshold"], rel=0.05)
@@ -166,7 +166,7 @@ def test_edited_copies_are_found_at_the_clean_false_flag_rate(contaminated):
 
 @pytest.mark.slow
 def test_training_duplicate_groups_and_the_report(contaminated, tmp_path):
-    split, result, _ = contaminated
+    split, result, _, context = contaminated
     groups = [[m["train_index"] for m in g["members"]] for g in result.memorization["hygiene"]["train_duplicates"]["groups"]]
     for planted in split.train_groups:
         assert any(set(planted) <= set(g) for g in groups), planted
@@ -174,7 +174,17 @@ def test_training_duplicate_groups_and_the_report(contaminated, tmp_path):
     assert result.memorization["hygiene"]["low_information"]["n_train"] >= split.train_blank.sum()
     import jsonschema
 
-    jsonschema.validate(result.to_dict(), SCHEMA)
+    from ganaudit.report.html import render_html
+    from ganaudit.report.images import collect_images
+
+    jsonschema.validate(json.loads(json.dumps(result.to_dict())), SCHEMA)
+    images = collect_images(result, context)
+    pairs = result.memorization["hygiene"]["reference"]["pairs"]
+    assert all(f"holdout:{p['reference_index']}" in images and f"train:{p['train_index']}" in images for p in pairs)
+    html = render_html(result, images)
+    section = html[html.index('id="reference-duplicates"'):html.index('id="train-duplicates"')]
+    assert section.count("<img") == 2 * len(pairs)  # each pair side by side
+    assert images[f"holdout:{pairs[0]['reference_index']}"] in section
 
 
 # --- small sets ------------------------------------------------------------------------------

@@ -137,7 +137,8 @@ def needed_references(alpha: float) -> int:
     return n
 
 
-def clean_reference(reference: Reference, published_similarity: float | None) -> tuple[Reference, dict]:
+def clean_reference(reference: Reference, published_similarity: float | None,
+                    unit_norm: bool = False) -> tuple[Reference, dict]:
     """``reference`` less its near-duplicates of training images and its low-information images
     (``ganaudit.search.hygiene``), and the counts: ``{"n_searched", "n_near_duplicates",
     "n_low_information", "n_kept", "near_duplicate": (n,) bool}``."""
@@ -146,7 +147,8 @@ def clean_reference(reference: Reference, published_similarity: float | None) ->
     m = reference.matches
     low = (hygiene.low_information(reference.contrast) if reference.contrast is not None
            else np.zeros(len(m.score), bool))
-    dup = hygiene.near_duplicates(m.score, m.similarity, published_similarity) & ~low
+    dup = hygiene.near_duplicates(m.score, m.similarity, published_similarity,
+                                  m.distance if unit_norm else None) & ~low
     keep = ~dup & ~low
     counts = {"n_searched": int(len(m.score)), "n_near_duplicates": int(dup.sum()),
               "n_low_information": int(low.sum()), "n_kept": int(keep.sum()), "near_duplicate": dup}
@@ -170,10 +172,11 @@ def calibrate_reference(train, holdout, searcher: CopySearcher, seed: int, calib
         reference image with its ``near_duplicate`` mask in ``counts`` (for the report's pairs).
     """
     searched = reference_scores(train, holdout, searcher, seed, calibration_max, batch_size, progress)
-    clean, counts = clean_reference(searched, published_similarity)
+    unit = searcher.index.metric == "ip"
+    clean, counts = clean_reference(searched, published_similarity, unit)
     if holdout is not None and counts["n_kept"] < needed_references(alpha):
         loo = reference_scores(train, None, searcher, seed, calibration_max, batch_size, progress)
-        loo_clean, loo_counts = clean_reference(loo, published_similarity)
+        loo_clean, loo_counts = clean_reference(loo, published_similarity, unit)
         searched = Reference.join(searched, loo, "holdout+train-leave-one-out")
         clean = Reference.join(clean, loo_clean, "holdout+train-leave-one-out")
         counts = {k: (np.concatenate([counts[k], loo_counts[k]]) if k == "near_duplicate" else counts[k] + loo_counts[k])

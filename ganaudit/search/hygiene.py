@@ -13,7 +13,10 @@ Three things real image collections contain, found before calibrating:
   cosine 0.75), when its similarity reaches that threshold. The criterion is fixed: it uses
   neither α nor any quantile of the reference it protects, so a contaminated reference
   cannot move it. The score is a ratio of distances, so the criterion means the same in any
-  copy descriptor. Near-duplicates are excluded from the reference and reported as pairs.
+  copy descriptor. The score cannot see a copy with more than ``k`` identical twins (all its
+  neighbours are then equally near), so for unit-norm descriptors a distance below
+  ``EXACT_DISTANCE`` = 0.01 (cosine 0.99995: the same image up to float rounding) is a
+  near-duplicate too. Near-duplicates are excluded from the reference and reported as pairs.
 - **Duplicate groups inside the training set.** Carlini et al. (2023) found that duplicated
   training images are the ones generators reproduce most. Each training image is searched
   against the others (leave-one-out, no augmentation, in blocks: never an N×N matrix) and
@@ -44,6 +47,7 @@ import torch
 from ganaudit.embedders.base import Embedder, EmbedderSpec
 
 DUPLICATE_SCORE = 0.05
+EXACT_DISTANCE = 0.01  # unit-norm descriptors this close (cosine >= 0.99995) are the same image up to rounding
 LOW_INFORMATION_CONTRAST = 0.01
 CONTRAST_SIZE = (32, 32)
 MAX_PAIRS = 50  # near-duplicate pairs listed in the result (all are counted)
@@ -81,13 +85,18 @@ def criterion(published_similarity: float | None) -> dict:
             + (f", or cosine similarity at least the copy embedder's published {published_similarity:g}"
                if published_similarity is not None else "")
             + f"; low-information: RMS contrast of the 32x32 luminance below {LOW_INFORMATION_CONTRAST:g}")
-    return {"duplicate_score_below": DUPLICATE_SCORE, "duplicate_similarity_at_least": published_similarity,
+    return {"duplicate_score_below": DUPLICATE_SCORE, "exact_distance_below": EXACT_DISTANCE, "duplicate_similarity_at_least": published_similarity,
             "low_information_contrast_below": LOW_INFORMATION_CONTRAST, "text": text}
 
 
-def near_duplicates(score: np.ndarray, similarity: np.ndarray, published_similarity: float | None) -> np.ndarray:
-    """``(M,)`` bool: matches that are near-duplicates of their training image (module docstring)."""
+def near_duplicates(score: np.ndarray, similarity: np.ndarray, published_similarity: float | None,
+                    distance: np.ndarray | None = None) -> np.ndarray:
+    """``(M,)`` bool: matches that are near-duplicates of their training image (module docstring).
+
+    ``distance`` is given for unit-norm (inner-product) descriptors only."""
     dup = np.asarray(score) < DUPLICATE_SCORE
+    if distance is not None:
+        dup |= np.asarray(distance) < EXACT_DISTANCE
     if published_similarity is not None:
         sim = np.asarray(similarity, dtype=np.float64)
         dup |= np.nan_to_num(sim, nan=-np.inf) >= published_similarity
@@ -137,15 +146,21 @@ def train_duplicate_groups(index, train_copy_feats: np.ndarray, informative: np.
         raw, idx = index.search(train_copy_feats[rows], n_search, exclude=rows)
         dist = cosine_to_distance(raw) if index.metric == "ip" else raw.astype(np.float64)
         sims = raw if index.metric == "ip" else None
-        first = dist[:, 0] / np.maximum(np.nanmean(np.where(np.isfinite(dist[:, 1:k + 1]), dist[:, 1:k + 1], np.nan),
-                                                   axis=1), 1e-300)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rest = np.nanmean(np.where(np.isfinite(dist[:, 1:k + 1]), dist[:, 1:k + 1], np.nan), axis=1)
+            first = np.where(rest > 0, dist[:, 0] / rest, 0.0)
+        unit = index.metric == "ip"
         candidate = first < DUPLICATE_SCORE
+        if unit:
+            candidate |= dist[:, 0] < EXACT_DISTANCE
         if published_similarity is not None and sims is not None:
             candidate |= sims[:, 0] >= published_similarity
         for r in np.flatnonzero(candidate & informative[rows]):
             valid = np.isfinite(dist[r])
             d, j = dist[r][valid], idx[r][valid]
             run = duplicate_run(d, None, "score", DUPLICATE_SCORE, k, limit=MAX_RUN)
+            if unit:  # identical twins, however many
+                run = max(run, duplicate_run(d, None, "distance", EXACT_DISTANCE, k, limit=MAX_RUN))
             if published_similarity is not None and sims is not None:
                 run = max(run, duplicate_run(d, sims[r][valid], "similarity", published_similarity, k, limit=MAX_RUN))
             for other in j[:run]:
@@ -170,7 +185,7 @@ def reference_pairs(reference, keep_dup: np.ndarray, describe_reference, describ
         kind, image = reference.origin[i], int(reference.image_index[i])
         t = int(m.train_index[i])
         sim = float(m.similarity[i])
-        pairs.append({"reference": kind, "reference_index": image, "reference_path": describe_reference(kind, image),
+        pairs.append({"reference": str(kind), "reference_index": image, "reference_path": describe_reference(kind, image),
                       "train_index": t, "train_path": describe_train(t), "score": float(m.score[i]),
                       "similarity": None if np.isnan(sim) else sim, "augmentation": m.names[int(m.augmentation[i])]})
     return pairs
