@@ -42,6 +42,7 @@ def hygiene_section(train, holdout, searched_reference, counts: dict, groups: hy
             "n_near_duplicates_train": int((dup & (origin == "train")).sum()),
             "n_low_information": counts["n_low_information"],
             "n_kept": counts["n_kept"],
+            "low_information_kept": counts["low_information_kept"],
             "near_duplicate_fraction_holdout": (float((dup & (origin == "holdout")).sum() / (origin == "holdout").sum())
                                                 if (origin == "holdout").any() else None),
             "pairs": pairs,

@@ -141,7 +141,10 @@ def clean_reference(reference: Reference, published_similarity: float | None,
                     unit_norm: bool = False) -> tuple[Reference, dict]:
     """``reference`` less its near-duplicates of training images and its low-information images
     (``ganaudit.search.hygiene``), and the counts: ``{"n_searched", "n_near_duplicates",
-    "n_low_information", "n_kept", "near_duplicate": (n,) bool}``."""
+    "n_low_information", "n_kept", "near_duplicate": (n,) bool, "low_information_kept"}``.
+
+    When every image that is not a near-duplicate is low-information (a constant training
+    set), those are kept rather than leave no reference, and ``low_information_kept`` says so."""
     from ganaudit.search import hygiene
 
     m = reference.matches
@@ -150,8 +153,12 @@ def clean_reference(reference: Reference, published_similarity: float | None,
     dup = hygiene.near_duplicates(m.score, m.similarity, published_similarity,
                                   m.distance if unit_norm else None) & ~low
     keep = ~dup & ~low
+    low_kept = not keep.any() and low.any()
+    if low_kept:  # a reference of blank images only (a constant training set): calibrate on it, and say so
+        keep = ~dup
     counts = {"n_searched": int(len(m.score)), "n_near_duplicates": int(dup.sum()),
-              "n_low_information": int(low.sum()), "n_kept": int(keep.sum()), "near_duplicate": dup}
+              "n_low_information": int(low.sum()), "n_kept": int(keep.sum()), "near_duplicate": dup,
+              "low_information_kept": bool(low_kept)}
     clean = reference.subset(keep)
     clean.info["n_reference"] = int(keep.sum())
     return clean, counts
@@ -179,13 +186,16 @@ def calibrate_reference(train, holdout, searcher: CopySearcher, seed: int, calib
         loo_clean, loo_counts = clean_reference(loo, published_similarity, unit)
         searched = Reference.join(searched, loo, "holdout+train-leave-one-out")
         clean = Reference.join(clean, loo_clean, "holdout+train-leave-one-out")
-        counts = {k: (np.concatenate([counts[k], loo_counts[k]]) if k == "near_duplicate" else counts[k] + loo_counts[k])
+        counts = {k: (np.concatenate([counts[k], loo_counts[k]]) if k == "near_duplicate"
+                      else counts[k] or loo_counts[k] if k == "low_information_kept" else counts[k] + loo_counts[k])
                   for k in counts}
         clean.info |= {"n_holdout": int((clean.origin == "holdout").sum()), "n_train": int((clean.origin == "train").sum()),
                        "why": f"the holdout's {int((clean.origin == 'holdout').sum())} usable images cannot resolve "
                               f"alpha={alpha:g} (needs {needed_references(alpha)}): leave-one-out training "
                               "images were added"}
     clean.info |= {"n_searched": counts["n_searched"], "n_excluded": counts["n_searched"] - counts["n_kept"]}
+    if counts["low_information_kept"]:
+        clean.info["low_information_kept"] = True
     return clean, searched, counts
 
 
