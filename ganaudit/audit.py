@@ -28,7 +28,9 @@ from ganaudit.findings.recovery import recovery_section
 from ganaudit.result import AuditResult
 from ganaudit.review import hooks as review
 from ganaudit.search.approximate import recall_at_1
-from ganaudit.search.calibration import decide_flags, reference_scores, threshold_policy
+from ganaudit.findings.hygiene import hygiene_section
+from ganaudit.search import hygiene
+from ganaudit.search.calibration import calibrate_reference, decide_flags, threshold_policy
 from ganaudit.search.copy_search import CopySearcher, search_source
 from ganaudit.search.index import build_index, faiss_gpu_id
 from ganaudit.sources.datasets import open_image_set
@@ -94,9 +96,18 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     with _stage(timings, "sample_embed_search"):
         generated = search_source(fd_run.tap(source) if fd_run else source, searcher, config.batch_size,
                                   "sampling + search", config.progress, keep_copy_features=RECALL_QUERIES)
-    with _stage(timings, "calibrate"):
-        reference = reference_scores(train, holdout, searcher, config.seed, config.calibration_max,
-                                     config.batch_size, config.progress)
+    # near-duplicates under a published copy threshold too (SSCD's cosine), whatever the policy
+    published = copy_embedder.spec.copy_threshold if copy_embedder.spec.metric == "ip" else None
+    with _stage(timings, "calibrate"):  # reference hygiene first: duplicates and blanks never calibrate
+        reference, searched_reference, reference_counts = calibrate_reference(
+            train, holdout, searcher, config.seed, config.calibration_max, config.batch_size, config.progress,
+            config.alpha, published)
+    with _stage(timings, "hygiene"):  # findings about the data: training duplicates, low-information images
+        train_contrast = embed_image_set(train, hygiene.ContrastEmbedder(device), config.batch_size, cache_dir,
+                                         "contrast train", config.progress)[:, 0]
+        train_low = hygiene.low_information(train_contrast)
+        groups = hygiene.train_duplicate_groups(index, train_copy_feats, ~train_low, config.copy_k, published)
+        generated_low = hygiene.low_information(generated.contrast)
     recovery, reconstructions = None, {}
     if config.recover is not None:  # white-box membership test: after sampling, so the output range is known
         with _stage(timings, "recovery"):
@@ -107,9 +118,13 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
                       "n_recall_queries": len(generated.copy_features)}
 
     with _stage(timings, "metrics"):
-        flags = decide_flags(generated.matches, reference, policy, config.alpha, config.fdr_q, config.copy_k)
+        flags = decide_flags(generated.matches, reference, policy, config.alpha, config.fdr_q, config.copy_k,
+                             withheld=generated_low)
         evidence = Evidence(train, source, train_feats, generated, reference, flags)
         memorization = memorization_section(evidence, config)
+        memorization["hygiene"] = hygiene_section(train, holdout, searched_reference, reference_counts, groups,
+                                                  train_low, generated_low, flags.calibration.get("n_withheld", 0),
+                                                  published)
         memorization["index"] = index_info
         review.annotate_memorization(memorization, train, index, train_copy_feats, config)
         memorization["copy_embedder"] = provenance.embedder_info(copy_embedder, device) | {"tta": list(tta)}

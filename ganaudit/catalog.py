@@ -112,6 +112,18 @@ FIGURES: tuple[Figure, ...] = (
     Figure("coverage.kd", False, "kernel distance (KID)", "distance",
            "Kernel (MMD) distance with a cubic polynomial kernel (KID with the inception embedder).", "num4",
            headline=True),
+    Figure("memorization.calibration.alpha_achieved", None, "calibrated level", "fraction",
+           "The false-flag rate the calibration guarantees: alpha when the reference resolves it, else 1/(n+1), "
+           "the finest level n reference images resolve (memorization.calibration.level).", "num4", gate=False),
+    Figure("memorization.hygiene.reference.n_near_duplicates", False, "reference images duplicating training images",
+           "images", "Holdout (or leave-one-out training) images that are near-duplicates of a training image: "
+           "excluded from calibration and listed as pairs.", "num0", gate=False),
+    Figure("memorization.hygiene.train_duplicates.n_groups", False, "duplicate groups in the training set", "count",
+           "Groups of training images that are near-duplicates of each other (the most extracted, Carlini et al. 2023).",
+           "num0", gate=False),
+    Figure("memorization.hygiene.low_information.n_flags_withheld", None, "low-information flags withheld", "count",
+           "Samples the threshold would flag that are low-information (near-constant) images, so are not counted as leaks.",
+           "num0", gate=False),
     Figure("memorization.ct_statistic", True, "C_T data-copying statistic", "z-score",
            "C_T of Meehan et al. 2020: about 0 without copying, strongly negative when samples copy.", "num2",
            headline=True, note="(≪ 0: copying)", optional=True),

@@ -22,12 +22,13 @@ def test_second_checkpoint_does_not_embed_the_training_set_again(tiny_sets, tmp_
                   tta=(), cache_dir=tmp_path / "cache")
     first = audit_module.audit(AuditConfig(generator=Path(tiny_sets["fresh_gen"]), **common))
     second = audit_module.audit(AuditConfig(generator=Path(tiny_sets["copy_gen"]), **common))
-    # Two feature sets per audit: the embedder's (pixels) and copy search's (pixels-copy).
-    assert len(train_batches) == 4
-    assert all(n > 0 for n in train_batches[:2]) and train_batches[2:] == [0, 0]
+    # Three feature sets per audit: the embedder's (pixels), copy search's (pixels-copy) and
+    # the RMS contrast reference hygiene reads (issue 16).
+    assert len(train_batches) == 6
+    assert all(n > 0 for n in train_batches[:3]) and train_batches[3:] == [0, 0, 0]
     assert first.train["fingerprint"] == second.train["fingerprint"]
     no_cache = audit_module.audit(AuditConfig(generator=Path(tiny_sets["copy_gen"]), no_cache=True, **common))
-    assert train_batches[4] > 0 and train_batches[5] > 0
+    assert all(n > 0 for n in train_batches[6:9])
     assert no_cache.memorization["n_flagged"] == second.memorization["n_flagged"]
 
 

@@ -54,7 +54,20 @@ def wanted_images(result) -> tuple[set[int], set[int]]:
     recovery = getattr(result, "recovery", None) or {}
     train.update(t["train_index"] for t in recovery.get("train", [])[:MAX_RECOVERED])
     extra_samples, extra_train = evidence_images(result)  # evidence per leaked training image
+    hygiene = mem.get("hygiene") or {}
+    for pair in hygiene.get("reference", {}).get("pairs", [])[:MAX_GALLERY]:
+        train.add(pair["train_index"])
+        if pair["reference"] == "train":
+            train.add(pair["reference_index"])
+    for group in hygiene.get("train_duplicates", {}).get("groups", [])[:MAX_COPIED]:
+        train.update(m["train_index"] for m in group["members"][:6])
     return samples | extra_samples, train | extra_train
+
+
+def wanted_holdout(result) -> set[int]:
+    """Holdout images the report shows: those that duplicate training images."""
+    pairs = (result.memorization.get("hygiene") or {}).get("reference", {}).get("pairs", [])
+    return {p["reference_index"] for p in pairs[:MAX_GALLERY] if p["reference"] == "holdout"}
 
 
 def collect_images(result, context) -> dict[str, str]:
@@ -68,4 +81,7 @@ def collect_images(result, context) -> dict[str, str]:
             images[f"train:{j}"] = to_data_uri(context.train.load(j))
         for j, image in getattr(context, "reconstructions", {}).items():
             images[f"recovered:{j}"] = to_data_uri(image)
+        if context.holdout is not None:
+            for j in sorted(wanted_holdout(result)):
+                images[f"holdout:{j}"] = to_data_uri(context.holdout.load(j))
     return images

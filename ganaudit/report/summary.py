@@ -8,9 +8,31 @@ from ganaudit.review.hooks import summary_lines
 def _threshold_words(mem: dict) -> str:
     cal = mem["calibration"]
     if cal.get("threshold_on", "score") == "score":
+        if cal.get("level") == "finest-attainable":
+            return (f"calibrated on {cal['n_reference']} {cal['method']} images: alpha {mem['alpha']:g} not attainable, "
+                    f"flags at the finest level {cal['alpha_achieved']:.3g} (up to {cal['alpha_achieved']:.1%} of "
+                    "non-copies flagged)")
         return f"calibrated on {cal['method']}, alpha {mem['alpha']:g}"
     sign = ">=" if cal["threshold_on"] == "similarity" else "<="
     return f"{cal['method']} threshold: {cal['threshold_on']} {sign} {mem['threshold']:g}"
+
+
+def data_lines(mem: dict) -> list[str]:
+    """What reference hygiene found in the data (``memorization.hygiene``), when it found anything."""
+    h = mem.get("hygiene")
+    if not h:
+        return []
+    ref, dup, low = h["reference"], h["train_duplicates"], h["low_information"]
+    items = []
+    if ref["n_near_duplicates"]:
+        items.append(f"{ref['n_near_duplicates']} of {ref['n_searched']} reference images duplicate training images "
+                     "(excluded from calibration)")
+    if dup["n_groups"]:
+        items.append(f"{dup['n_groups']} duplicate groups in training ({dup['n_images']} images)")
+    if low["n_train"] or low["n_reference"] or low["n_generated"]:
+        items.append(f"low-information images: {low['n_train']} training, {low['n_reference']} reference, "
+                     f"{low['n_generated']} samples ({low['n_flags_withheld']} flags withheld)")
+    return [f"  data      {' · '.join(items)}"] if items else []
 
 
 def _figure_lines(result: dict) -> list[str]:
@@ -50,6 +72,7 @@ def render_summary(result, config) -> str:
         + (f"; missing: {', '.join(map(str, modes['missing'][:6]))}{' …' if len(modes['missing']) > 6 else ''}"
            if modes["missing"] else "; none missing"),
     ]
+    lines += data_lines(mem)  # near-duplicates across the split, training duplicates, blank images
     lines += fd_summary_lines(result.coverage)  # FID under its protocol, FD in other spaces
     lines += recovery_lines(getattr(result, "recovery", None))
     lines += summary_lines(result)  # waivers and stale waivers

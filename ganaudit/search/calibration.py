@@ -72,13 +72,38 @@ class Reference:
 
     Attributes:
         matches: each reference image's best training match under the same search.
-        features: the holdout's features under the audit's embedder (None without a holdout).
-        info: ``{"method": "holdout" | "train-leave-one-out", "n_reference": n}``.
+        features: the holdout's features under the audit's embedder (None without a holdout);
+            all holdout images, whatever hygiene excludes from ``matches``.
+        info: ``{"method": "holdout" | "train-leave-one-out" | "holdout+train-leave-one-out",
+            "n_reference": n, ...}``.
+        origin: ``(n,)`` ``"holdout"`` or ``"train"`` per reference image (None: all ``info["method"]``).
+        image_index: ``(n,)`` index of each in the holdout or the training set.
+        contrast: ``(n,)`` RMS contrast of each (``search.hygiene``), or None.
     """
 
     matches: Matches
     features: np.ndarray | None
     info: dict
+    origin: np.ndarray | None = None
+    image_index: np.ndarray | None = None
+    contrast: np.ndarray | None = None
+
+    def subset(self, keep: np.ndarray) -> "Reference":
+        """The reference images where ``keep`` (bool) is True; features and info unchanged."""
+        m = self.matches
+        fields = {f: getattr(m, f)[keep] for f in ("score", "distance", "similarity", "train_index", "augmentation")}
+        pick = (lambda a: None if a is None else a[keep])
+        return Reference(Matches(**fields, names=m.names), self.features, dict(self.info), pick(self.origin),
+                         pick(self.image_index), pick(self.contrast))
+
+    @staticmethod
+    def join(first: "Reference", second: "Reference", method: str) -> "Reference":
+        """Both references' images (the first's features), as one reference of ``method``."""
+        cat = (lambda a, b: None if a is None or b is None else np.concatenate([a, b]))
+        matches = Matches.concatenate([first.matches, second.matches])
+        return Reference(matches, first.features, {"method": method, "n_reference": len(matches.score)},
+                         cat(first.origin, second.origin), cat(first.image_index, second.image_index),
+                         cat(first.contrast, second.contrast))
 
 
 def reference_scores(train, holdout, searcher: CopySearcher, seed: int, calibration_max: int,
@@ -90,14 +115,88 @@ def reference_scores(train, holdout, searcher: CopySearcher, seed: int, calibrat
     """
     if holdout is not None:
         searched = search_source(holdout, searcher, batch_size, "calibrating on holdout", progress)
-        return Reference(searched.matches, searched.features,
-                         {"method": "holdout", "n_reference": len(searched.matches.score)})
+        n = len(searched.matches.score)
+        return Reference(searched.matches, searched.features, {"method": "holdout", "n_reference": n},
+                         np.full(n, "holdout"), np.arange(n), searched.contrast)
     rng = np.random.default_rng(seed)
     n = min(len(train), calibration_max)
     chosen = np.sort(rng.choice(len(train), size=n, replace=False))
     searched = search_source(train.subset(chosen), searcher, batch_size, "calibrating on train", progress,
                              exclude_of=chosen)
-    return Reference(searched.matches, None, {"method": "train-leave-one-out", "n_reference": n})
+    return Reference(searched.matches, None, {"method": "train-leave-one-out", "n_reference": n},
+                     np.full(n, "train"), chosen, searched.contrast)
+
+
+def needed_references(alpha: float) -> int:
+    """The fewest reference images that resolve level ``alpha`` (``floor(alpha (n + 1)) >= 1``)."""
+    n = max(0, math.ceil(1 / alpha) - 1)
+    while math.floor(alpha * (n + 1) * (1 + copy_stats._COUNT_RTOL)) < 1:
+        n += 1
+    while n > 0 and math.floor(alpha * n * (1 + copy_stats._COUNT_RTOL)) >= 1:
+        n -= 1
+    return n
+
+
+def clean_reference(reference: Reference, published_similarity: float | None,
+                    unit_norm: bool = False) -> tuple[Reference, dict]:
+    """``reference`` less its near-duplicates of training images and its low-information images
+    (``ganaudit.search.hygiene``), and the counts: ``{"n_searched", "n_near_duplicates",
+    "n_low_information", "n_kept", "near_duplicate": (n,) bool, "low_information_kept"}``.
+
+    When every image that is not a near-duplicate is low-information (a constant training
+    set), those are kept rather than leave no reference, and ``low_information_kept`` says so."""
+    from ganaudit.search import hygiene
+
+    m = reference.matches
+    low = (hygiene.low_information(reference.contrast) if reference.contrast is not None
+           else np.zeros(len(m.score), bool))
+    dup = hygiene.near_duplicates(m.score, m.similarity, published_similarity,
+                                  m.distance if unit_norm else None) & ~low
+    keep = ~dup & ~low
+    low_kept = not keep.any() and low.any()
+    if low_kept:  # a reference of blank images only (a constant training set): calibrate on it, and say so
+        keep = ~dup
+    counts = {"n_searched": int(len(m.score)), "n_near_duplicates": int(dup.sum()),
+              "n_low_information": int(low.sum()), "n_kept": int(keep.sum()), "near_duplicate": dup,
+              "low_information_kept": bool(low_kept)}
+    clean = reference.subset(keep)
+    clean.info["n_reference"] = int(keep.sum())
+    return clean, counts
+
+
+def calibrate_reference(train, holdout, searcher: CopySearcher, seed: int, calibration_max: int, batch_size: int,
+                        progress: bool | None, alpha: float,
+                        published_similarity: float | None = None) -> tuple[Reference, Reference, dict]:
+    """The reference the flags are calibrated on, after hygiene; enlarged when too small.
+
+    The holdout (or, without one, leave-one-out training images) is searched and cleaned
+    (``clean_reference``). When a holdout's clean images are too few to resolve ``alpha``,
+    leave-one-out training images are added beside them (method
+    ``"holdout+train-leave-one-out"``), cleaned alike.
+
+    Returns:
+        ``(clean reference, searched reference, counts)``: the searched one holds every
+        reference image with its ``near_duplicate`` mask in ``counts`` (for the report's pairs).
+    """
+    searched = reference_scores(train, holdout, searcher, seed, calibration_max, batch_size, progress)
+    unit = searcher.index.metric == "ip"
+    clean, counts = clean_reference(searched, published_similarity, unit)
+    if holdout is not None and counts["n_kept"] < needed_references(alpha):
+        loo = reference_scores(train, None, searcher, seed, calibration_max, batch_size, progress)
+        loo_clean, loo_counts = clean_reference(loo, published_similarity, unit)
+        searched = Reference.join(searched, loo, "holdout+train-leave-one-out")
+        clean = Reference.join(clean, loo_clean, "holdout+train-leave-one-out")
+        counts = {k: (np.concatenate([counts[k], loo_counts[k]]) if k == "near_duplicate"
+                      else counts[k] or loo_counts[k] if k == "low_information_kept" else counts[k] + loo_counts[k])
+                  for k in counts}
+        clean.info |= {"n_holdout": int((clean.origin == "holdout").sum()), "n_train": int((clean.origin == "train").sum()),
+                       "why": f"the holdout's {int((clean.origin == 'holdout').sum())} usable images cannot resolve "
+                              f"alpha={alpha:g} (needs {needed_references(alpha)}): leave-one-out training "
+                              "images were added"}
+    clean.info |= {"n_searched": counts["n_searched"], "n_excluded": counts["n_searched"] - counts["n_kept"]}
+    if counts["low_information_kept"]:
+        clean.info["low_information_kept"] = True
+    return clean, searched, counts
 
 
 @dataclass
@@ -120,25 +219,47 @@ class Flags:
 
 
 def decide_flags(gen: Matches, reference: Reference, policy: ThresholdPolicy, alpha: float, fdr_q: float,
-                 copy_k: int) -> Flags:
+                 copy_k: int, withheld: np.ndarray | None = None) -> Flags:
     """Flag generated samples by ``policy`` (see the module docstring).
 
+    When the reference cannot resolve ``alpha`` (fewer than ``needed_references(alpha)``
+    images), the threshold is set at the finest level it can resolve, ``1 / (n + 1)``, and
+    the calibration says so (``level: "finest-attainable"``, ``alpha_achieved``).
+
+    Args:
+        withheld: ``(M,)`` bool, samples never flagged (low-information images); their count
+            among the would-be flags is ``calibration["n_withheld"]``.
+
     Raises:
-        GanauditError: too few reference images to calibrate ``alpha``.
+        GanauditError: no reference image is left to calibrate on.
     """
     calibration = reference.info | {"score": f"d1 / mean(d2..d{copy_k + 1}) to the training set",
                                     "augmentations": gen.names}
     ref = reference.matches.score
+    n_ref = len(ref)
+    if n_ref == 0:
+        searched = calibration.get("n_searched", 0)
+        raise GanauditError(
+            f"calibration has no reference image left ({calibration['method']}: {searched} searched, every one a "
+            "near-duplicate of a training image or low-information): give a --holdout of images that are not in "
+            "the training set, or an absolute --copy-threshold")
+    excluded = int(calibration.get("n_excluded", 0))
     if policy.absolute is None:
         try:
             threshold = copy_stats.calibrate_threshold(ref, alpha)
+            achieved = math.floor(alpha * (n_ref + 1) * (1 + copy_stats._COUNT_RTOL)) / (n_ref + 1)
+            calibration |= {"level": "requested", "alpha_achieved": achieved}
         except ValueError:
-            raise GanauditError(
-                f"calibration has {len(ref)} reference images ({calibration['method']}); alpha={alpha:g} "
-                f"needs at least {math.ceil(1 / alpha) - 1}: give a larger --holdout or a larger --alpha"
-            ) from None
+            threshold = float(np.min(ref))  # j = 1: the finest level n reference scores resolve
+            achieved = 1 / (n_ref + 1)
+            calibration |= {"level": "finest-attainable", "alpha_achieved": achieved,
+                            "level_note": f"alpha={alpha:g} needs at least {needed_references(alpha)} reference "
+                                          f"images, {n_ref} were usable: flags are at level 1/{n_ref + 1} = "
+                                          f"{achieved:.3g}, so up to {achieved:.1%} of images that are not copies "
+                                          "may be flagged; a larger --holdout resolves alpha"}
         flagged = gen.score < threshold
         calibration["threshold_on"] = "score"
+        calibration["alpha_bound_if_excluded_were_clean"] = min(1.0, achieved + excluded / (n_ref + excluded + 1))
     else:
         threshold = policy.absolute
         flagged = gen.similarity >= threshold if policy.on == "similarity" else gen.distance <= threshold
@@ -147,4 +268,8 @@ def decide_flags(gen: Matches, reference: Reference, policy: ThresholdPolicy, al
             calibration["threshold_source"] = policy.source
     p_values = copy_stats.empirical_p_values(gen.score, ref)
     significant = copy_stats.benjamini_hochberg(p_values, q=fdr_q)
+    if withheld is not None:
+        calibration["n_withheld"] = int((flagged & withheld).sum())
+        flagged = flagged & ~withheld
+        significant = significant & ~withheld
     return Flags(flagged, threshold, p_values, significant, calibration)

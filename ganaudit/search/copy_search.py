@@ -168,12 +168,14 @@ class SearchedSet:
         copy_features: ``(≤ keep_copy_features, D')`` copy features of the first images.
         matches: each image's best training match.
         class_labels: ``(N,)`` int64 labels (conditional generators, labelled folders), or None.
+        contrast: ``(N,)`` float32 RMS contrast of each image (``ganaudit.search.hygiene``).
     """
 
     features: np.ndarray
     copy_features: np.ndarray
     matches: Matches
     class_labels: np.ndarray | None
+    contrast: np.ndarray | None = None
 
 
 def search_source(source, searcher: CopySearcher, batch_size: int, label: str, progress: bool | None,
@@ -188,7 +190,9 @@ def search_source(source, searcher: CopySearcher, batch_size: int, label: str, p
         exclude_of: ``(N,)`` training index each image of ``source`` itself is (leave-one-out).
         keep_copy_features: also keep the copy features of the first this many images.
     """
-    feats, copy_feats, parts, labels = [], [], [], []
+    from ganaudit.search.hygiene import rms_contrast
+
+    feats, copy_feats, parts, labels, contrast = [], [], [], [], []
     kept = 0
     with progress_bar(len(source), label, progress) as bar:
         for indices, batch in source.batches(batch_size):
@@ -199,9 +203,10 @@ def search_source(source, searcher: CopySearcher, batch_size: int, label: str, p
                 copy_feats.append(c[: keep_copy_features - kept])
                 kept += len(copy_feats[-1])
             parts.append(m)
+            contrast.append(rms_contrast(batch))
             labels.append(source.class_labels(indices))
             bar.update(len(indices))
     has_labels = all(lab is not None for lab in labels)
     copy = np.concatenate(copy_feats) if copy_feats else np.empty((0, searcher.copy_embedder.spec.dim), np.float32)
     return SearchedSet(np.concatenate(feats), copy, Matches.concatenate(parts),
-                       np.concatenate(labels) if has_labels else None)
+                       np.concatenate(labels) if has_labels else None, np.concatenate(contrast))
