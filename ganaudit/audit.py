@@ -25,6 +25,7 @@ from ganaudit.findings.fd import FdRun
 from ganaudit.findings.memorization import memorization_section
 from ganaudit.findings.per_class import per_class_sections
 from ganaudit.findings.recovery import recovery_section
+from ganaudit.findings.regions import regions_section
 from ganaudit.result import AuditResult
 from ganaudit.review import hooks as review
 from ganaudit.search.approximate import recall_at_1
@@ -32,6 +33,7 @@ from ganaudit.findings.hygiene import hygiene_section
 from ganaudit.search import hygiene
 from ganaudit.search.calibration import calibrate_reference, decide_flags, threshold_policy
 from ganaudit.search.copy_search import CopySearcher, search_source
+from ganaudit.search import regions
 from ganaudit.search.index import build_index, faiss_gpu_id
 from ganaudit.sources.datasets import open_image_set
 from ganaudit.sources.generators import load_generator
@@ -93,9 +95,16 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
                             cache_dir=Path(cache_dir) / "indexes" if cache_dir else None)
     tta = config.tta if config.tta is not None else copy_embedder.spec.copy_tta
     searcher = CopySearcher(index, copy_embedder, tta, config.copy_k, embedder=embedder, rank_by=policy.rank_by)
+    region_run = None
+    if config.regions:
+        with _stage(timings, "region_index"):
+            region_run = _region_index(config, train, copy_embedder, device, cache_dir)
     with _stage(timings, "sample_embed_search"):
-        generated = search_source(fd_run.tap(source) if fd_run else source, searcher, config.batch_size,
-                                  "sampling + search", config.progress, keep_copy_features=RECALL_QUERIES)
+        streamed = fd_run.tap(source) if fd_run else source
+        tapped = regions.RegionTap(streamed, region_run[2]) if region_run else streamed
+        generated = search_source(tapped, searcher, config.batch_size,
+                                  "sampling + search" + (" + regions" if region_run else ""), config.progress,
+                                  keep_copy_features=RECALL_QUERIES)
     # near-duplicates under a published copy threshold too (SSCD's cosine), whatever the policy
     published = copy_embedder.spec.copy_threshold if copy_embedder.spec.metric == "ip" else None
     with _stage(timings, "calibrate"):  # reference hygiene first: duplicates and blanks never calibrate
@@ -112,6 +121,10 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     if config.recover is not None:  # white-box membership test: after sampling, so the output range is known
         with _stage(timings, "recovery"):
             recovery, reconstructions = recovery_section(source, train, holdout, copy_embedder, config, device)
+    if region_run:
+        with _stage(timings, "region_calibrate"):
+            region_ref, region_ref_info = regions.reference_regions(
+                train, holdout, region_run[2], config.seed, config.calibration_max, config.batch_size, config.progress)
     with _stage(timings, "index_recall"):  # exact search of a sample: only costs for approximate indexes
         index_info = {"kind": index.kind, "device": index.device, "cached": index.cached,
                       "recall_at_1": recall_at_1(index, train_copy_feats, generated.copy_features),
@@ -128,6 +141,8 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         memorization["index"] = index_info
         review.annotate_memorization(memorization, train, index, train_copy_feats, config)
         memorization["copy_embedder"] = provenance.embedder_info(copy_embedder, device) | {"tta": list(tta)}
+        memorization["regions"] = (regions_section(tapped.matches(), region_ref, region_ref_info, region_run[0],
+                                                   region_run[1], source, train, config) if region_run else None)
         logits = embedder.class_logits(generated.features) if hasattr(embedder, "class_logits") else None
         coverage = coverage_section(evidence, config, logits)
         if generated.class_labels is not None:
@@ -147,6 +162,23 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     review.gate_with_review(result, config, baseline)
     timings["total"] = round(time.perf_counter() - started, 3)
     return result, AuditContext(source, train, holdout, reconstructions)
+
+
+def _region_index(config: AuditConfig, train, copy_embedder, device, cache_dir):
+    """``(training tiles, their index, the region searcher)`` for ``--regions``."""
+    if not regions.tileable(tuple(train.size)):
+        raise GanauditError(f"--regions: training images of {train.size[1]}x{train.size[0]} px are too small to cut "
+                            f"into tiles (at least {regions.MIN_TILE_PX / regions.TILE_FRACTION:.0f} px a side); "
+                            "drop --regions")
+    tiles = regions.tile_training_set(train, copy_embedder, config.batch_size, config.region_max_tiles, config.seed,
+                                      config.progress)
+    if tiles.n_indexed_images < 3:
+        raise GanauditError("--regions: fewer than 3 training images have tiles with detail (the rest are flat); "
+                            "drop --regions")
+    index = build_index(tiles.features, copy_embedder.spec.metric, config.index, config.approx_above, config.seed,
+                        gpu=faiss_gpu_id(device), cache_dir=Path(cache_dir) / "indexes" if cache_dir else None)
+    tiles.release_features()  # the index holds its own copy
+    return tiles, index, regions.RegionSearcher(index, tiles, copy_embedder, config.copy_k)
 
 
 def open_generated(config: AuditConfig, device):

@@ -74,6 +74,13 @@ FIGURES: tuple[Figure, ...] = (
            "Number of generated samples flagged as copies.", "num0"),
     Figure("memorization.n_significant", False, "significant flags", "count",
            "Flagged samples that stay discoveries under Benjamini–Hochberg at fdr_q.", "num0"),
+    Figure("memorization.regions.flagged_fraction", False, "samples copying a region", "fraction",
+           "Fraction of samples whose best tile matches a tile of a training image (a partial copy; --regions).",
+           "pct", headline=True, optional=True,
+           note="({memorization.regions.n_flagged} of {memorization.regions.n_samples}; region search, "
+                "alpha {memorization.regions.alpha})"),
+    Figure("memorization.regions.n_flagged", False, "samples copying a region", "count",
+           "Number of samples flagged by region search (--regions).", "num0"),
     Figure("memorization.leaked_train_examples", None, "training images copied", "images",
            "Training images that at least one flagged sample copies, most-copied first.", "len",
            headline=True, summary=True, gate=False),

@@ -136,6 +136,12 @@ class AuditConfig:
         "auto (published threshold if the copy embedder has one, else calibrated), calibrated, "
         "or an absolute value: cosine similarity (ip embedders) or distance (l2)", parse=_copy_threshold))
     calibration_max: int = 5000
+    # region search (search/regions.py, docs/regions.md): partial copies on a new background
+    regions: bool = _setting(False, Flag(
+        "also search tiles of each sample against tiles of the training images, for partial copies "
+        "(a region of a training image on a new background; costs about 36 index rows per training image "
+        "and 900 tile searches per sample, see docs/regions.md)", kind="toggle"))
+    region_max_tiles: int = 2_000_000  # training tiles indexed at most; past it a seeded subset of images
     index: str = _setting("auto", Flag(  # auto: exact up to approx_above training images
         "training-set search: flat (exact), ivf, hnsw, or auto (exact up to 1M images)"))
     approx_above: int = 1_000_000

@@ -97,6 +97,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tta": (_opt(_tta), "a list of test-time augmentations: flip, shift, shift-grid, zoom (or none)"),
     "copy_threshold": (_copy_threshold, "auto, calibrated or a finite number"),
     "calibration_max": (lambda v: _int(v) and v >= 1, "a positive integer"),
+    "region_max_tiles": (lambda v: _int(v) and v >= 100, "an integer of at least 100 (training tiles indexed)"),
     "index": (_one_of(INDEX_KINDS), f"one of {', '.join(INDEX_KINDS)}"),
     "approx_above": (lambda v: _int(v) and v >= 1, "a positive integer"),
     "coverage_max_real": (lambda v: _int(v) and v >= 2, "an integer of at least 2"),
@@ -113,7 +114,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "recover_restarts": (lambda v: _int(v) and 1 <= v <= 1000, "an integer in [1, 1000]"),
     "recover_lr": (lambda v: _num(v) and 0 < v <= 10, "a number in (0, 10]"),
 }
-for _name in ("no_cache", "trust_checkpoint", "skip_corrupt", "warn_only", "fid_infinity"):
+for _name in ("no_cache", "trust_checkpoint", "skip_corrupt", "warn_only", "fid_infinity", "regions"):
     RULES[_name] = (lambda v: isinstance(v, bool), "true or false")
 for _name in ("train", "generator", "samples", "holdout", "weights", "copy_weights", "cache_dir", "baseline",
               "reference_stats", "review_file", *OUTPUTS):

@@ -43,6 +43,9 @@ def wanted_images(result) -> tuple[set[int], set[int]]:
     for entry in mem.get("flagged", [])[:MAX_GALLERY]:
         samples.add(entry["sample_index"])
         train.add(entry["train_index"])
+    for entry in ((mem.get("regions") or {}).get("flagged") or [])[:MAX_GALLERY]:  # region search's pairs
+        samples.add(entry["sample_index"])
+        train.add(entry["train_index"])
     for entry in mem.get("leaked_train_examples", [])[:MAX_COPIED]:
         train.add(entry["train_index"])
     for entry in cov.get("sample_grid", []):

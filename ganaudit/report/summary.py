@@ -72,6 +72,13 @@ def render_summary(result, config) -> str:
         + (f"; missing: {', '.join(map(str, modes['missing'][:6]))}{' …' if len(modes['missing']) > 6 else ''}"
            if modes["missing"] else "; none missing"),
     ]
+    regions = mem.get("regions")
+    if regions:
+        tiles = regions["tiles"]
+        lines.append(f"  regions   {regions['n_flagged']} of {regions['n_samples']} samples copy a region of a training "
+                     f"image ({100 * regions['flagged_fraction']:.1f}%), calibrated on {regions['calibration']['method']}, "
+                     f"alpha {regions['alpha']:g}; flat tiles skipped: {tiles['n_train_tiles_skipped_flat']} training, "
+                     f"{tiles['n_sample_tiles_skipped_flat']} sample")
     lines += data_lines(mem)  # near-duplicates across the split, training duplicates, blank images
     lines += fd_summary_lines(result.coverage)  # FID under its protocol, FD in other spaces
     lines += recovery_lines(getattr(result, "recovery", None))
