@@ -337,13 +337,17 @@ def _str(path) -> str | None:
     return None if path is None else str(path)
 
 
-def _limit_threads() -> None:
-    """One actor per CPU: torch and faiss use the CPUs Ray gave this actor, not every core."""
+def _assigned_cpus() -> int:
     import ray
+
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
+def _limit_threads() -> None:
+    """One actor per CPU: torch uses the CPUs Ray gave this actor, not every core."""
     import torch
 
-    cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)) or 1
-    torch.set_num_threads(max(1, cpus))
+    torch.set_num_threads(_assigned_cpus())
 
 
 class _ShardEmbedder:
@@ -474,8 +478,7 @@ class _ShardSearcher:
 
         from ganaudit.search.index import flat_blocks
 
-        _limit_threads()
-        faiss.omp_set_num_threads(max(1, int(__import__("torch").get_num_threads())))
+        faiss.omp_set_num_threads(_assigned_cpus())
         self.metric = metric
         self.blocks = []
         for start, rows in zip(starts, shards):
