@@ -24,7 +24,10 @@ import torch
 from conftest import FIXTURES, REPO, run_cli, save_torchscript, write_image_folder
 from ganaudit.errors import GanauditError
 
-os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # Ray's usage report would leave 127.0.0.1
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # Ray's usage report would leave the machine
+# The in-process cluster is one node: Ray then takes the loopback address as the node's own
+# (read when ray is imported; the separate-process cluster below runs without it).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 @pytest.fixture(scope="session")
@@ -192,10 +195,21 @@ def _ray_cli() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
+_TOKEN = os.urandom(16).hex()
+
+
+def _cluster_env() -> dict:
+    """The environment of every process of the separate-process cluster: usage stats off, and
+    Ray's token authentication with a token of this test's own."""
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=_TOKEN)
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # a worker node refuses to start without clusters
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
 def _start_node(args: list[str], log: Path) -> subprocess.Popen:
     """``ray start --block ...`` in a process group of its own (the node's processes die with it)."""
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    return subprocess.Popen([_ray_cli(), "start", "--block", "--disable-usage-stats", *args], env=env,
+    return subprocess.Popen([_ray_cli(), "start", "--block", "--disable-usage-stats", *args], env=_cluster_env(),
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -244,8 +258,10 @@ def test_a_worker_killed_mid_embedding_leaves_every_shard_once(tmp_path):
     name = f"torchscript:{model}"
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    node = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0"]
-    head = _start_node(["--head", "--port", str(port), "--include-dashboard", "false", *node], tmp_path / "head.log")
+    node = ["--num-cpus", "1", "--num-gpus", "0"]
+    # Ray replaces a loopback --node-ip-address by the host's own address (still this machine).
+    head = _start_node(["--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                        "--include-dashboard", "false", *node], tmp_path / "head.log")
     worker = driver = None
     try:
         _wait_for(lambda: _nodes(address) >= 1, head, tmp_path / "head.log")
@@ -255,7 +271,7 @@ def test_a_worker_killed_mid_embedding_leaves_every_shard_once(tmp_path):
         driver = subprocess.Popen(
             [sys.executable, "-m", "ganaudit", "embed", str(images), "--engine", "ray", "--ray-address", address,
              "--cache-dir", str(cache), "--shard-size", "20", "--embedder", name, "--device", "cpu", "-v"],
-            env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"), cwd=REPO, stdout=subprocess.PIPE,
+            env=_cluster_env(), cwd=REPO, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120
         while len(list(cache.glob("features/*/chunk-*.bin"))) < 4:  # a few shards done, most to do
@@ -293,7 +309,8 @@ def _wait_for(ready, proc: subprocess.Popen, log: Path, seconds: float = 90) -> 
 
 def _nodes(address: str) -> int:
     """Alive nodes of the cluster, from ``ray status`` (0 while it does not answer)."""
-    done = subprocess.run([_ray_cli(), "status", "--address", address], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([_ray_cli(), "status", "--address", address], capture_output=True, text=True, timeout=60,
+                          env=_cluster_env())
     if done.returncode != 0:
         return 0
     active = done.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
@@ -304,7 +321,7 @@ def _forget_cluster(address: str) -> None:
     """A killed head leaves /tmp/ray/ray_current_cluster naming it; a later ray.init must not find it."""
     marker = Path("/tmp/ray/ray_current_cluster")
     try:
-        if marker.read_text().strip() == address:
+        if marker.read_text().strip().rsplit(":", 1)[-1] == address.rsplit(":", 1)[-1]:
             marker.unlink()
     except OSError:
         pass
