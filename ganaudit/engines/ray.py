@@ -303,7 +303,7 @@ def embed_shards(engine: RayEngine, images, name: str, weights, embedder, batch_
                     written.add(i)
                     bar.update(len(shards[i]))
             except Exception as e:  # a lost node or actor: run the job again for what is missing
-                if isinstance(e, GanauditError) or attempts >= JOB_ATTEMPTS:
+                if isinstance(e, GanauditError) or "GanauditError: " in str(e) or attempts >= JOB_ATTEMPTS:
                     raise _worker_error(e) from e
                 log.warning("ray: embedding job run %d failed (%s); %d of %d shards done, running again "
                             "for the rest", attempts, type(e).__name__, len(written) + len(present), len(shards))
@@ -321,15 +321,16 @@ def _present(path: Path) -> bool:
 
 
 def _worker_error(error: Exception) -> Exception:
-    """A worker's GanauditError (an unreadable image, say) as itself; anything else unchanged."""
-    cause = error
-    while cause is not None:
-        if isinstance(cause, GanauditError):
-            return GanauditError(str(cause))
-        cause = getattr(cause, "cause", None) or cause.__cause__
+    """A worker's GanauditError (an unreadable image, say) as one line of its own; else unchanged.
+
+    Ray re-raises a worker's exception as a RayTaskError (or Ray Data's UserCodeException)
+    whose text is the remote traceback, ending with ``GanauditError: <message>``.
+    """
     text = str(error)
-    if "GanauditError" in text:  # Ray wraps a worker's exception type in its own
-        return GanauditError(text.split("GanauditError:", 1)[-1].strip().splitlines()[0])
+    if "GanauditError: " in text:
+        return GanauditError(text.rsplit("GanauditError: ", 1)[1].strip().splitlines()[0])
+    if isinstance(error, GanauditError):
+        return GanauditError(text.strip().splitlines()[-1] if text.strip() else "error in a Ray worker")
     return error
 
 
