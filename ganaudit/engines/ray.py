@@ -98,7 +98,7 @@ class RayEngine:
                                     "start one with `ray start --head`, or check the address") from None
             self._started = True
         if not log.isEnabledFor(logging.INFO):  # Ray Data's progress lines only with -v
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ganaudit draws its own
         resources = ray.cluster_resources()
