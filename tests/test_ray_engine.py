@@ -327,3 +327,15 @@ def _forget_cluster(address: str) -> None:
             marker.unlink()
     except OSError:
         pass
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--shard-size", "0"), r"--shard-size must be a positive integer"),
+    (("--engine", "spark"), r"--engine must be one of local, ray"),
+    (("--ray-address", "auto"), r"--ray-address needs --engine ray"),
+    (("--batch-size", "0"), r"--batch-size must be a positive integer"),
+])
+def test_embed_refuses_bad_settings(tiny_sets, tmp_path, capsys, args, message):
+    code, _, err = run_cli("embed", tiny_sets["train"], "--cache-dir", tmp_path, *args, capsys=capsys)
+    assert code == 2 and re.search(message, err) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "features").exists()
