@@ -132,6 +132,7 @@ def test_samples_drawn_by_seed_ranges_match_the_local_stream(ray_local, tiny_set
     for name in ("train_index", "augmentation", "score", "distance"):
         np.testing.assert_array_equal(getattr(remote.matches, name), getattr(local.matches, name))
     assert remote.matches.names == local.matches.names
+    np.testing.assert_array_equal(remote.contrast, local.contrast)
 
 
 def embed_all(images, embedder) -> np.ndarray:

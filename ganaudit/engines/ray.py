@@ -200,10 +200,11 @@ class RayEngine:
         if missing:
             raise RuntimeError(f"ray: seed ranges starting at {missing[:5]} came back empty")
         batches = [p for start in sorted(parts) for p in parts[start]]
-        feats, copy_feats, matches, labels = [], [], [], []
+        feats, copy_feats, matches, labels, contrast = [], [], [], [], []
         kept = 0
         with progress_bar(len(source), label + " (search)", progress) as bar:
-            for indices, names, variant_feats, features, batch_labels in batches:
+            for indices, names, variant_feats, features, batch_labels, batch_contrast in batches:
+                contrast.append(batch_contrast)
                 matches.append(searcher.search_embedded(names, variant_feats))
                 feats.append(features)
                 if kept < keep_copy_features:
@@ -215,7 +216,7 @@ class RayEngine:
         copy = (np.concatenate(copy_feats) if copy_feats
                 else np.empty((0, searcher.copy_embedder.spec.dim), np.float32))
         return SearchedSet(np.concatenate(feats), copy, Matches.concatenate(matches),
-                           np.concatenate(labels) if has_labels else None)
+                           np.concatenate(labels) if has_labels else None, np.concatenate(contrast))
 
 
 class _StoredFeatures:
@@ -394,6 +395,7 @@ class _SampleEmbedder:
 
     def __call__(self, batch: dict) -> dict:
         from ganaudit.search.copy_search import embed_variants
+        from ganaudit.search.hygiene import rms_contrast
 
         starts, payloads = [], []
         for start, stop in zip(batch["start"], batch["stop"]):
@@ -403,7 +405,8 @@ class _SampleEmbedder:
                 images = self.source.images(indices)
                 names, variant_feats, features = embed_variants(images, self.augmentations, self.copy_embedder,
                                                                 self.embedder)
-                parts.append((indices, names, variant_feats, features, self.source.class_labels(indices)))
+                parts.append((indices, names, variant_feats, features, self.source.class_labels(indices),
+                              rms_contrast(images)))
             starts.append(int(start))
             payloads.append(pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL))
         return {"start": np.array(starts, dtype=np.int64), "payload": np.array(payloads, dtype=object)}
