@@ -18,7 +18,8 @@ def test_second_checkpoint_does_not_embed_the_training_set_again(tiny_sets, tmp_
         train_batches.append(embedder.calls - before)
         return out
 
-    monkeypatch.setattr(cache_module, "embed_image_set", counting)
+    monkeypatch.setattr(cache_module, "embed_image_set", counting)  # the engine's training features
+    monkeypatch.setattr(audit_module, "embed_image_set", counting)  # hygiene's contrast, called by the audit
     common = dict(train=Path(tiny_sets["train"]), holdout=Path(tiny_sets["holdout"]), num_samples=60,
                   tta=(), cache_dir=tmp_path / "cache")
     first = audit_module.audit(AuditConfig(generator=Path(tiny_sets["fresh_gen"]), **common))
