@@ -18,6 +18,7 @@ from ganaudit.config_checks import OUTPUT_RANGES
 from ganaudit.device import resolve_device
 from ganaudit.embedders import create_copy_embedder, create_embedder
 from ganaudit.embedders.cache import default_cache_dir, embed_image_set, usable_cache_dir
+from ganaudit.engines import open_engine
 from ganaudit.errors import GanauditError
 from ganaudit.findings import Evidence
 from ganaudit.findings.coverage import coverage_section
@@ -32,7 +33,7 @@ from ganaudit.search.approximate import recall_at_1
 from ganaudit.findings.hygiene import hygiene_section
 from ganaudit.search import hygiene
 from ganaudit.search.calibration import calibrate_reference, decide_flags, threshold_policy
-from ganaudit.search.copy_search import CopySearcher, search_source
+from ganaudit.search.copy_search import CopySearcher
 from ganaudit.search import regions
 from ganaudit.search.index import build_index, faiss_gpu_id
 from ganaudit.sources.datasets import open_image_set
@@ -64,6 +65,11 @@ def audit(config: AuditConfig) -> AuditResult:
 def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     """``audit``, also returning the image sources the HTML report draws its pictures from."""
     config.validate()
+    with open_engine(config) as engine:  # where embedding, sampling and search run (--engine)
+        return _audit(config, engine)
+
+
+def _audit(config: AuditConfig, engine) -> tuple[AuditResult, AuditContext]:
     baseline = gate.read_baseline(config.baseline) if config.baseline is not None else None
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -85,14 +91,15 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
 
     with _stage(timings, "embed_train"):
         cache_dir = None if config.no_cache else usable_cache_dir(Path(config.cache_dir or default_cache_dir()))
-        train_feats = embed_image_set(train, embedder, config.batch_size, cache_dir, "embedding train", config.progress)
-        train_copy_feats = train_feats if copy_embedder is embedder else embed_image_set(
+        train_feats = engine.embed_image_set(train, embedder, config.batch_size, cache_dir, "embedding train",
+                                             config.progress, name=config.embedder, weights=config.weights)
+        train_copy_feats = train_feats if copy_embedder is embedder else engine.embed_image_set(
             train, copy_embedder, config.batch_size, cache_dir, f"embedding train ({copy_embedder.spec.name})",
-            config.progress)
+            config.progress, name=copy_embedder_name(config, copy_embedder), weights=config.copy_weights)
     with _stage(timings, "index"):
-        index = build_index(train_copy_feats, copy_embedder.spec.metric, config.index, config.approx_above,
-                            config.seed, gpu=faiss_gpu_id(device),
-                            cache_dir=Path(cache_dir) / "indexes" if cache_dir else None)
+        index = engine.build_index(train_copy_feats, copy_embedder.spec.metric, config.index, config.approx_above,
+                                   config.seed, faiss_gpu_id(device),
+                                   Path(cache_dir) / "indexes" if cache_dir else None)
     tta = config.tta if config.tta is not None else copy_embedder.spec.copy_tta
     searcher = CopySearcher(index, copy_embedder, tta, config.copy_k, embedder=embedder, rank_by=policy.rank_by)
     region_run = None
@@ -101,10 +108,11 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
             region_run = _region_index(config, train, copy_embedder, device, cache_dir)
     with _stage(timings, "sample_embed_search"):
         streamed = fd_run.tap(source) if fd_run else source
+        # a tapped source (FD spaces, regions) is sampled on the driver whatever the engine
         tapped = regions.RegionTap(streamed, region_run[2]) if region_run else streamed
-        generated = search_source(tapped, searcher, config.batch_size,
-                                  "sampling + search" + (" + regions" if region_run else ""), config.progress,
-                                  keep_copy_features=RECALL_QUERIES)
+        generated = engine.search_generated(tapped, searcher, config.batch_size,
+                                            "sampling + search" + (" + regions" if region_run else ""),
+                                            config.progress, RECALL_QUERIES, config)
     # near-duplicates under a published copy threshold too (SSCD's cosine), whatever the policy
     published = copy_embedder.spec.copy_threshold if copy_embedder.spec.metric == "ip" else None
     with _stage(timings, "calibrate"):  # reference hygiene first: duplicates and blanks never calibrate
@@ -192,6 +200,11 @@ def open_generated(config: AuditConfig, device):
         class_weights=config.class_weights, truncation=config.truncation,
     )
     return GeneratorSamples(generator, config.num_samples, config.seed)
+
+
+def copy_embedder_name(config: AuditConfig, copy_embedder) -> str:
+    """The registry name that builds the copy embedder again (``--copy-embedder``, or what auto chose)."""
+    return config.copy_embedder if config.copy_embedder != "auto" else copy_embedder.spec.name
 
 
 @contextmanager

@@ -93,25 +93,33 @@ class CopySearcher:
             ``(features (B, D) of the audit's embedder, copy features (B, D') of the identity
             variant, Matches)``, features float32.
         """
-        best, copy_feats, names, pending = None, None, [], []
-        for name, view in variants(images, self.augmentations):
-            feats = self.copy_embedder.embed(view)
-            if copy_feats is None:
-                copy_feats = feats
-            names.append(name)
-            pending.append(feats)
-            if len(pending) * len(feats) >= SEARCH_GROUP:
-                best = self._search_group(pending, exclude, len(names) - len(pending), best)
-                pending = []
-        if pending:
-            best = self._search_group(pending, exclude, len(names) - len(pending), best)
+        names, variant_feats, features = embed_variants(images, self.augmentations, self.copy_embedder,
+                                                        self.embedder)
         if "zoom" in self.augmentations and not any(n.startswith("zoom") for n in names) and not self._warned:
             self._warned = True
             log.warning("images of %dx%d px are too small to zoom out; copy search skips the zoom variants",
                         *images.shape[-2:])
-        best.names = names
-        features = copy_feats if self.embedder is self.copy_embedder else self.embedder.embed(images)
-        return features, copy_feats, best
+        return features, variant_feats[0], self.search_embedded(names, variant_feats, exclude)
+
+    def search_embedded(self, names: list[str], variant_feats: list[np.ndarray],
+                        exclude: np.ndarray | None = None) -> Matches:
+        """The search half of a call: ``Matches`` of a batch whose variants are already embedded.
+
+        Args:
+            names, variant_feats: what :func:`embed_variants` returns (one ``(B, D')`` array
+                per variant, the identity first), wherever it ran.
+            exclude: as for ``__call__``.
+        """
+        best, pending = None, []
+        for j, feats in enumerate(variant_feats):
+            pending.append(feats)
+            if len(pending) * len(feats) >= SEARCH_GROUP:
+                best = self._search_group(pending, exclude, j + 1 - len(pending), best)
+                pending = []
+        if pending:
+            best = self._search_group(pending, exclude, len(variant_feats) - len(pending), best)
+        best.names = list(names)
+        return best
 
     def _search_group(self, group: list[np.ndarray], exclude: np.ndarray | None, first: int,
                       best: Matches | None) -> Matches:
@@ -124,6 +132,23 @@ class CopySearcher:
             current = matches_from_search(raw[rows], idx[rows], self.index.metric, first + j)
             best = current if best is None else _keep_best(best, current, self.rank_by)
         return best
+
+
+def embed_variants(images: torch.Tensor, augmentations: tuple[str, ...], copy_embedder: Embedder,
+                   embedder: Embedder | None = None) -> tuple[list[str], list[np.ndarray], np.ndarray]:
+    """The embedding half of a copy search: every test-time variant of a batch, embedded.
+
+    Returns:
+        ``(names, variant features, features)``: the variant names (the identity first), one
+        ``(B, D')`` float32 array of copy features per variant, and the ``(B, D)`` features
+        under the audit's ``embedder`` (the identity variant's when it is the copy embedder).
+    """
+    names, feats = [], []
+    for name, view in variants(images, augmentations):
+        names.append(name)
+        feats.append(copy_embedder.embed(view))
+    features = feats[0] if embedder is None or embedder is copy_embedder else embedder.embed(images)
+    return names, feats, features
 
 
 def matches_from_search(raw: np.ndarray, idx: np.ndarray, metric: str, augmentation: int = 0) -> Matches:
