@@ -172,26 +172,23 @@ def mia_auc(
 
     Each training and held-out sample is scored by its distance to the nearest generated
     sample (closer = more likely a member); the AUC measures how well that tells training
-    from held-out samples. The larger of the two sets is subsampled (seeded, without
-    replacement) to the size of the smaller so both classes weigh the same.
+    from held-out samples. Every training and every held-out sample is scored: an ROC AUC is
+    the probability that a random member scores above a random non-member, which needs no
+    balance between the two classes (it is ``sklearn.metrics.roc_auc_score`` of the scores).
 
     Args:
         train: ``(N, D)`` float32 training features (members).
         holdout: ``(n, D)`` float32 held-out features (non-members).
         generated: ``(m, D)`` float32 generated features.
-        seed: seed of the subsampling.
+        seed: unused (the AUC takes no sample); kept so that existing calls still work.
 
     Returns:
         ROC AUC in [0, 1]: 0.5 = no leak, near 1 = the generator reveals its training set.
     """
+    del seed  # nothing random left: every training and held-out sample is scored
     train, holdout = as_features(train, "train"), as_features(holdout, "holdout")
     generated = as_features(generated, "generated")
     check_same_dim(train=train, holdout=holdout, generated=generated)
-    rng = np.random.default_rng(seed)
-    size = min(train.shape[0], holdout.shape[0])
-    members = train[np.sort(rng.choice(train.shape[0], size, replace=False))]
-    others = holdout[np.sort(rng.choice(holdout.shape[0], size, replace=False))]
-    member_dist = _nearest_distance(generated, members)[0]
-    other_dist = _nearest_distance(generated, others)[0]
+    member_dist = _nearest_distance(generated, train)[0]
+    other_dist = _nearest_distance(generated, holdout)[0]
     return rank_auc(-member_dist, -other_dist)  # members are the positives: closer scores higher
-
