@@ -90,8 +90,8 @@ FIGURES: tuple[Figure, ...] = (
            headline=True, summary=True, shown="{coverage.modes.covered}/{coverage.modes.total}",
            note="({coverage.modes.source}; {coverage.modes.n_unassigned} samples unassigned)"),
     Figure("coverage.modes.unassigned_fraction", False, "samples without a confident mode", "fraction",
-           "Fraction of samples whose mode the features cannot tell (too near another mode, or far from every "
-           "image of their mode): counted towards no mode.", "pct", headline=True,
+           "Fraction of samples whose mode the features cannot tell (nearly as near another mode): counted "
+           "towards no mode.", "pct", headline=True,
            note="({coverage.modes.n_unassigned} of {memorization.n_samples})"),
     Figure("coverage.modes.kl_divergence", False, "mode KL divergence", "nats",
            "KL(train ‖ generated) between the mode distributions, smoothed.", "num3"),

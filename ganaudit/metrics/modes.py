@@ -6,8 +6,7 @@ labelled training samples (:func:`knn_vote_labels`) or by their nearest centroid
 (:func:`ganaudit.metrics.clustering.nearest_centroid`). :func:`mode_coverage` then compares the two distributions.
 
 Audits count modes from *confident* assignments only (:func:`confident_modes`): a sample whose
-mode the features cannot tell (it lies as near another mode, or far from every image of its
-mode) is unassigned, and the covered and missing modes are counted without it. The rule and
+mode the features cannot tell (it lies nearly as near another mode) is unassigned, and the covered and missing modes are counted without it. The rule and
 its calibration are in docs/metrics.md ("Mode counts").
 """
 from __future__ import annotations
@@ -28,10 +27,10 @@ KMEANS_N_INIT = 3
 DEFAULT_MODE_RANGE = (2, 20)
 SELECTION_SAMPLE = 5000
 SILHOUETTE_SAMPLE = 2000
-# Confident assignment (see confident_modes): typicality level, the calibration's safety factor
-# on the coverage rule, the reference's size cap and the margin candidates tried.
-TYPICALITY_ALPHA = 0.01
+# Confident assignment (see confident_modes): the calibration's safety factor on the coverage
+# rule, the reference's size cap and the margin candidates tried.
 CONFUSION_SAFETY = 0.5
+MARGIN_TAIL = 0.01
 REFERENCE_MAX = 5000
 MARGIN_CANDIDATES = 199
 
@@ -386,20 +385,16 @@ def calibrate_margin(
     return float("inf")
 
 
-def _typical(dist_to_mode: np.ndarray, mode: np.ndarray, ref_dist: np.ndarray, ref_labels: np.ndarray,
-             alpha: float) -> np.ndarray:
-    """Conformal test per mode: is the sample as near its mode as the mode's reference images are?
+def margin_floor(ref_margins: np.ndarray, tail: float = MARGIN_TAIL) -> float:
+    """The margin below which a sample sits as no more than ``tail`` of the reference images do.
 
-    p = (1 + #{reference images of the mode at least as far from it}) / (n_mode + 1); typical
-    when p > alpha (so a mode with fewer than 1/alpha - 1 reference images never rejects).
+    The conformal lower quantile: the ``floor(tail (R + 1))``-th smallest of the ``R``
+    reference margins (1.0 when ``R < 1 / tail - 1``, which refuses nothing). A genuine image
+    of a mode falls below it with probability at most ``tail``.
     """
-    out = np.ones(mode.shape[0], dtype=bool)
-    for m in np.unique(mode):
-        ref = np.sort(ref_dist[ref_labels == m, m])
-        rows = mode == m
-        at_least = ref.size - np.searchsorted(ref, dist_to_mode[rows], side="left")
-        out[rows] = (1 + at_least) / (ref.size + 1) > alpha
-    return out
+    m = np.sort(np.asarray(ref_margins, np.float64))
+    rank = int(np.floor(tail * (m.size + 1)))
+    return float(m[rank - 1]) if rank >= 1 and np.isfinite(m[rank - 1]) else 1.0
 
 
 def confident_modes(
@@ -412,20 +407,18 @@ def confident_modes(
     reference_features: np.ndarray | None = None,
     reference_labels: np.ndarray | None = None,
     seed: int = 0,
-    typicality_alpha: float = TYPICALITY_ALPHA,
 ) -> tuple[np.ndarray, dict]:
     """Assign each generated sample to a mode only when the features can tell its mode.
 
     Each sample's distance to a mode is its mean distance to the mode's ``k`` nearest training
     samples (:func:`class_distances`); its candidate mode is the nearest. The assignment is
-    confident when both hold:
-
-    1. **margin**: the second-nearest mode is at least ``t`` times as far, with ``t`` from
-       :func:`calibrate_margin` on reference images of known mode (how often the rule puts
-       them in a wrong mode, against what the coverage rule tolerates);
-    2. **typicality**: the sample is no farther from its mode than the farthest
-       ``typicality_alpha`` of that mode's reference images (a conformal p-value), so noise
-       and images unlike any mode are not credited to the nearest one.
+    confident when the second-nearest mode is at least ``t`` times as far (the margin), with
+    ``t`` the larger of :func:`calibrate_margin` on reference images of known mode (how often
+    the rule puts them in a wrong mode, against what the coverage rule tolerates) and
+    :func:`margin_floor` (the margin no more than 1% of the reference images fall below). An
+    image unlike every mode (noise) is about as far from all of them, so its margin is small
+    and below the floor; an imperfect rendering of one mode (farther from it than any training
+    image, but far nearer to it than to any other) keeps its mode.
 
     The reference is ``reference_features`` with their ``reference_labels`` (a holdout) when
     given, otherwise leave-one-out training images (each scored against the training set
@@ -443,21 +436,18 @@ def confident_modes(
         reference_features: optional ``(R, D)`` held-out features of known mode.
         reference_labels: their ``(R,)`` modes (required with ``reference_features``).
         seed: seed of the leave-one-out subsample.
-        typicality_alpha: level of the typicality test, in ``(0, 1)``.
 
     Returns:
         ``(labels, info)``: ``(M,)`` int64 modes with ``UNASSIGNED`` (-1) for unconfident
         samples, and a dict with ``rule``, ``reference`` (``"holdout"`` or
         ``"train-leave-one-out"``), ``n_reference``, ``k``, ``margin_threshold`` (None when
-        no margin is safe), ``typicality_alpha``, ``reference_assigned_fraction`` and
-        ``reference_accuracy`` (of the confident reference assignments), ``n_unassigned``,
-        ``n_ambiguous`` (margin too small) and ``n_atypical`` (far from their mode).
+        no margin is safe), ``margin_safe`` and ``margin_floor`` (its two parts),
+        ``reference_assigned_fraction`` and ``reference_accuracy`` (of
+        the confident reference assignments) and ``n_unassigned``.
     """
     train = as_features(train_features, "train_features")
     labels = _as_labels(train_labels, "train_labels")
     check_count(n_modes, "n_modes")
-    if not 0 < typicality_alpha < 1:
-        raise ValueError(f"typicality_alpha must be in (0, 1), got {typicality_alpha}")
     train_counts = _mode_counts(labels, n_modes, "train_labels")
     if reference_features is not None:
         if reference_labels is None:
@@ -476,24 +466,23 @@ def confident_modes(
         ref_labels = labels[rows]
         ref_dist = class_distances(train, labels, train[rows], n_modes, k, self_index=rows)
         method = "train-leave-one-out"
-    threshold = calibrate_margin(ref_dist, ref_labels, train_counts / train_counts.sum(), min_share_ratio)
+    safe = calibrate_margin(ref_dist, ref_labels, train_counts / train_counts.sum(), min_share_ratio)
+    floor = margin_floor(_margins(ref_dist)[1])
+    threshold = max(safe, floor)
     gen_dist = class_distances(train, labels, gen_features, n_modes, k)
     best, margin = _margins(gen_dist)
-    sure = margin >= threshold
-    typical = _typical(gen_dist[np.arange(best.size), best], best, ref_dist, ref_labels, typicality_alpha)
-    out = np.where(sure & typical, best, UNASSIGNED).astype(np.int64)
+    out = np.where(margin >= threshold, best, UNASSIGNED).astype(np.int64)
     ref_best, ref_margin = _margins(ref_dist)
     ref_sure = ref_margin >= threshold
     return out, {
-        "rule": "margin and typicality",
+        "rule": "margin",
         "reference": method,
         "n_reference": int(ref_labels.size),
         "k": int(k),
         "margin_threshold": None if not np.isfinite(threshold) else float(threshold),
-        "typicality_alpha": float(typicality_alpha),
+        "margin_safe": None if not np.isfinite(safe) else float(safe),
+        "margin_floor": float(floor),
         "reference_assigned_fraction": float(ref_sure.mean()),
         "reference_accuracy": float((ref_best[ref_sure] == ref_labels[ref_sure]).mean()) if ref_sure.any() else None,
         "n_unassigned": int((out == UNASSIGNED).sum()),
-        "n_ambiguous": int((~sure).sum()),
-        "n_atypical": int((sure & ~typical).sum()),
     }
