@@ -288,3 +288,22 @@ def test_mode_coverage_counts_assigned_samples_only():
     with pytest.raises(ValueError, match="reference_labels"):
         confident_modes(np.zeros((4, 2), np.float32), np.zeros(4, int), np.zeros((1, 2), np.float32), 1,
                         k=1, reference_features=np.zeros((2, 2), np.float32))
+
+
+def test_confident_kmeans_modes_with_a_holdout_reference():
+    """The audit's k-means route: holdout labelled by nearest centroid is the reference."""
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(6, 16)) * 10
+    train = _blobs(rng, centres, rng.integers(0, 6, size=1200))
+    holdout = _blobs(rng, centres, rng.integers(0, 6, size=400))
+    labels, centroids = kmeans_modes(train, n_modes=6, seed=0)
+    kept = nearest_centroid(centres[[0, 3]].astype(np.float32), centroids)
+    gen = _blobs(rng, centres, rng.choice([0, 3], size=300))
+    noise = (rng.normal(size=(60, 16)) * 1e3).astype(np.float32)  # far from every mode
+    assigned, info = confident_modes(train, labels, np.concatenate([gen, noise]), n_modes=6, k=5,
+                                     reference_features=holdout,
+                                     reference_labels=nearest_centroid(holdout, centroids))
+    result = mode_coverage(labels, assigned, 6)
+    assert info["reference"] == "holdout" and info["n_reference"] == 400
+    assert sorted(row["mode"] for row in result["per_mode"] if row["covered"]) == sorted(kept.tolist())
+    assert (assigned[300:] == UNASSIGNED).all() and (assigned[:300] != UNASSIGNED).mean() > 0.95
