@@ -323,8 +323,9 @@ def class_distances(
         usable = min(k, members.size - 1) if inside.any() else min(k, members.size)
         # Keep the first `usable` non-dropped distances of each row (nan sorts last).
         kept = np.sort(dist, axis=1)[:, :max(usable, 1)]
-        with np.errstate(invalid="ignore"):
-            out[:, mode] = np.where(np.isnan(kept).all(axis=1), np.inf, np.nanmean(kept, axis=1))
+        counted = (~np.isnan(kept)).sum(axis=1)
+        total = np.nansum(kept, axis=1)
+        out[:, mode] = np.where(counted > 0, total / np.maximum(counted, 1), np.inf)
     return out
 
 
