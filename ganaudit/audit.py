@@ -93,9 +93,11 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
                             cache_dir=Path(cache_dir) / "indexes" if cache_dir else None)
     tta = config.tta if config.tta is not None else copy_embedder.spec.copy_tta
     searcher = CopySearcher(index, copy_embedder, tta, config.copy_k, embedder=embedder, rank_by=policy.rank_by)
+    embedded_before = {id(e): e.images_embedded for e in (embedder, copy_embedder)}
     with _stage(timings, "sample_embed_search"):
         generated = search_source(fd_run.tap(source) if fd_run else source, searcher, config.batch_size,
                                   "sampling + search", config.progress, keep_copy_features=RECALL_QUERIES)
+    passes = _passes_per_sample(embedded_before, (embedder, copy_embedder), len(generated.matches.score))
     # near-duplicates under a published copy threshold too (SSCD's cosine), whatever the policy
     published = copy_embedder.spec.copy_threshold if copy_embedder.spec.metric == "ip" else None
     with _stage(timings, "calibrate"):  # reference hygiene first: duplicates and blanks never calibrate
@@ -127,7 +129,8 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
                                                   published)
         memorization["index"] = index_info
         review.annotate_memorization(memorization, train, index, train_copy_feats, config)
-        memorization["copy_embedder"] = provenance.embedder_info(copy_embedder, device) | {"tta": list(tta)}
+        memorization["copy_embedder"] = provenance.embedder_info(copy_embedder, device) | {
+            "tta": list(tta), "variants": list(generated.matches.names), **passes}
         logits = embedder.class_logits(generated.features) if hasattr(embedder, "class_logits") else None
         coverage = coverage_section(evidence, config, logits)
         if generated.class_labels is not None:
@@ -147,6 +150,16 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     review.gate_with_review(result, config, baseline)
     timings["total"] = round(time.perf_counter() - started, 3)
     return result, AuditContext(source, train, holdout, reconstructions)
+
+
+def _passes_per_sample(before: dict, embedders, n_samples: int) -> dict:
+    """What embedding the generated samples cost: images through each embedder per sample, and
+    the forward passes of networks (embedders with weights) per sample."""
+    per = {}
+    for e in embedders:
+        per[e.spec.name] = (e.images_embedded - before[id(e)]) / max(n_samples, 1)
+    network = sum(per[e.spec.name] for e in {id(e): e for e in embedders}.values() if e.is_network)
+    return {"passes_per_sample": per, "network_passes_per_sample": network}
 
 
 def open_generated(config: AuditConfig, device):

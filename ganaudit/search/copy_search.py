@@ -81,13 +81,16 @@ class CopySearcher:
         if self.k < 1:
             raise ValueError("the training set needs at least 3 images")
 
-    def __call__(self, images: torch.Tensor, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, Matches]:
+    def __call__(self, images: torch.Tensor, exclude: np.ndarray | None = None,
+                 features: bool = True) -> tuple[np.ndarray, np.ndarray, Matches]:
         """Embed and search one batch.
 
         Args:
             images: ``(B, 3, H, W)`` float in [0, 1].
             exclude: optional ``(B,)`` training indices the images themselves are (leave-one-out
                 calibration on the training set).
+            features: also embed the batch with the audit's embedder when it is not the copy
+                embedder (False: those features are not needed, and ``(B, 0)`` is returned).
 
         Returns:
             ``(features (B, D) of the audit's embedder, copy features (B, D') of the identity
@@ -110,8 +113,11 @@ class CopySearcher:
             log.warning("images of %dx%d px are too small to zoom out; copy search skips the zoom variants",
                         *images.shape[-2:])
         best.names = names
-        features = copy_feats if self.embedder is self.copy_embedder else self.embedder.embed(images)
-        return features, copy_feats, best
+        if self.embedder is self.copy_embedder:
+            out = copy_feats
+        else:
+            out = self.embedder.embed(images) if features else np.empty((len(images), 0), np.float32)
+        return out, copy_feats, best
 
     def _search_group(self, group: list[np.ndarray], exclude: np.ndarray | None, first: int,
                       best: Matches | None) -> Matches:
@@ -179,7 +185,8 @@ class SearchedSet:
 
 
 def search_source(source, searcher: CopySearcher, batch_size: int, label: str, progress: bool | None,
-                  exclude_of: np.ndarray | None = None, keep_copy_features: int = 0) -> SearchedSet:
+                  exclude_of: np.ndarray | None = None, keep_copy_features: int = 0,
+                  features: bool = True) -> SearchedSet:
     """Embed and search every batch of an image source (``ganaudit.sources.ImageSource``).
 
     Args:
@@ -189,6 +196,8 @@ def search_source(source, searcher: CopySearcher, batch_size: int, label: str, p
         label, progress: the progress bar's label; whether to show it (None: on a terminal).
         exclude_of: ``(N,)`` training index each image of ``source`` itself is (leave-one-out).
         keep_copy_features: also keep the copy features of the first this many images.
+        features: keep the audit embedder's features (False: ``features`` is ``(N, 0)`` and an
+            audit embedder other than the copy embedder is not run at all).
     """
     from ganaudit.search.hygiene import rms_contrast
 
@@ -197,7 +206,7 @@ def search_source(source, searcher: CopySearcher, batch_size: int, label: str, p
     with progress_bar(len(source), label, progress) as bar:
         for indices, batch in source.batches(batch_size):
             exclude = None if exclude_of is None else exclude_of[indices]
-            f, c, m = searcher(batch, exclude=exclude)
+            f, c, m = searcher(batch, exclude=exclude, features=features)
             feats.append(f)
             if kept < keep_copy_features:
                 copy_feats.append(c[: keep_copy_features - kept])
