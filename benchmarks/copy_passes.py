@@ -115,7 +115,10 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--recall", action="store_true", help="also audit the leaky fixture (a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: dinov2-vits14 on 2 images, 1 query")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.embedders, args.n_images, args.queries, args.batch_size, args.repeats = "dinov2-vits14", 2, 1, 2, 1
     device = torch.device("cpu")
     torch.set_grad_enabled(False)
     images = fixture_images(max(args.n_images, args.queries) + 32)

@@ -115,7 +115,7 @@ def step_embed(smoke: bool, out: Path) -> dict:
         seconds = time.perf_counter() - start
         done = max(1, n // batch) * batch
         rows.append({"embedder": name, "input_size": list(embedder.spec.input_size), "batch_size": batch,
-                     "images": done, "seconds": round(seconds, 3), "img_s": round(done / seconds, 1),
+                     "images": done, "seconds": round(seconds, 3), "img_s": float(f"{done / seconds:.3g}"),
                      "precision": str(embedder.autocast_dtype or "float32").removeprefix("torch."),
                      "weights": "random, real shapes"})
         del embedder

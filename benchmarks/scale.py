@@ -141,7 +141,10 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the training sets in --workdir")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per audit")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.json")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 500 and 1000 images, 10 samples")
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.samples, args.calibration = [500, 1000], 10, 100
     temporary = args.workdir is None
     args.workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ganaudit-scale-"))
     args.workdir.mkdir(parents=True, exist_ok=True)

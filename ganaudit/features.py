@@ -40,11 +40,21 @@ def as_features(x, name: str, min_rows: int = 1) -> np.ndarray:
     if x.shape[1] < 1:
         raise ValueError(f"{name} has no feature columns (shape {x.shape})")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    for start in range(0, x.shape[0], _FINITE_BLOCK_ROWS):
-        if not np.isfinite(x[start : start + _FINITE_BLOCK_ROWS]).all():
+    rows = block_rows(x.shape[1], _FINITE_BLOCK_ROWS)
+    for start in range(0, x.shape[0], rows):
+        if not np.isfinite(x[start : start + rows]).all():
             raise ValueError(f"{name} contains NaN or infinite values")
         release_pages(x)
     return x
+
+
+RESIDENT_BLOCK_BYTES = 256 << 20  # what one block of a streamed pass over a memory map holds at most
+
+
+def block_rows(dim: int, most: int) -> int:
+    """Rows per block of a pass over ``(N, dim)`` float32 rows: at most ``most``, and at most
+    ``RESIDENT_BLOCK_BYTES`` of them (at least one)."""
+    return max(1, min(int(most), RESIDENT_BLOCK_BYTES // (4 * max(int(dim), 1))))
 
 
 def mapping_of(x) -> mmap.mmap | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.features import as_features, check_count, check_same_dim, release_pages
+from ganaudit.features import as_features, block_rows, check_count, check_same_dim, release_pages
 from ganaudit.search.index import faiss_seed, knn
 
 KMEANS_ITERATIONS = 25
@@ -79,8 +79,9 @@ def nearest_centroid(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     centroids = as_features(centroids, "centroids")
     check_same_dim(features=features, centroids=centroids)
     out = np.empty(features.shape[0], dtype=np.int64)
-    for start in range(0, features.shape[0], ASSIGN_BLOCK):  # a memory-mapped matrix: one block resident
-        out[start : start + ASSIGN_BLOCK] = knn(centroids, features[start : start + ASSIGN_BLOCK], k=1)[1][:, 0]
+    rows = block_rows(features.shape[1], ASSIGN_BLOCK)  # a memory-mapped matrix: one block (<= 256 MB) resident
+    for start in range(0, features.shape[0], rows):
+        out[start : start + rows] = knn(centroids, features[start : start + rows], k=1)[1][:, 0]
         release_pages(features)
     return out
 

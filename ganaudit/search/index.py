@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ganaudit.features import as_features, release_pages
+from ganaudit.features import as_features, block_rows, is_mapped, release_pages
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ def streamed_knn(database: np.ndarray, queries: np.ndarray, k: int, metric: str,
 
     faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
     heap = faiss.ResultHeap(queries.shape[0], k, keep_max=metric == "ip")
+    if is_mapped(database):  # a block's pages stay resident until it is searched: keep it small
+        block_size = block_rows(database.shape[1], block_size)
     for start in range(0, database.shape[0], block_size):
         block = database[start : start + block_size]
         dist, idx = faiss.knn(queries, block, min(k, block.shape[0]), metric=faiss_metric)
