@@ -12,7 +12,8 @@ from nothing)::
         [--calibration 200] [--workdir DIR] [--out benchmarks/results/scale.json]
 
 Reported per size: each stage's seconds (the result's ``timings``), the peak resident set
-of the audit's process (``VmHWM``, which counts the pages of memory-mapped files that were
+and CPU seconds (all threads: less sensitive to other jobs on a shared machine than wall
+time) of the audit's process, its peak resident set (``VmHWM``, which counts the pages of memory-mapped files that were
 resident too), the size of the training copy-feature file (``features.npy`` of the
 ``pixels-copy`` cache entry) and their ratio. Then, per stage, the growth exponent ``b`` of
 ``time ≈ a · N^b`` fitted by least squares on log–log over the sizes (stages under 0.05 s at
@@ -83,8 +84,23 @@ def _status_bytes(field: str) -> int:
 
 def one_audit(train: Path, cache: Path, samples: int, calibration: int, result_path: Path) -> None:
     """The child: audit once and write timings, peak RSS and the feature files' sizes."""
+    from contextlib import contextmanager
+
+    import ganaudit.audit as audit_module
     from ganaudit.audit import audit
     from ganaudit.config import AuditConfig
+
+    cpu: dict[str, float] = {}
+    timed = audit_module._stage
+
+    @contextmanager
+    def stage(timings, name):  # also the CPU seconds of each stage (all threads): less load-dependent
+        start = time.process_time()
+        with timed(timings, name):
+            yield
+        cpu[name] = round(time.process_time() - start, 3)
+
+    audit_module._stage = stage
 
     # modes=10: the automatic choice of K (k-means and silhouettes for K in 2..20 on a 5,000-row
     # subsample) costs minutes at D=3072 whatever N is; a fixed K keeps the stages that grow with N
@@ -100,6 +116,7 @@ def one_audit(train: Path, cache: Path, samples: int, calibration: int, result_p
         matrix = entry.parent / "features.npy"
         files[name] = matrix.stat().st_size if matrix.exists() else None
     record = {"n_train": len(np.load(train, mmap_mode="r")), "timings": result.timings, "wall_s": wall,
+              "cpu_s": cpu | {"total": round(sum(cpu.values()), 3)}, "load_1min": os.getloadavg()[0],
               "peak_rss_bytes": _status_bytes("VmHWM"),
               "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
               "feature_files_bytes": files, "verdict": result.verdict,
@@ -161,6 +178,8 @@ def main() -> None:
     stages = [s for s in runs[0]["timings"] if s != "total"] + ["total"]
     exponents = {s: (fit_exponent(sizes, [r["timings"].get(s) for r in runs])
                      if max(r["timings"].get(s) or 0 for r in runs) >= 0.05 else None) for s in stages}
+    cpu_exponents = {s: (fit_exponent(sizes, [r["cpu_s"].get(s) for r in runs])
+                         if max(r["cpu_s"].get(s) or 0 for r in runs) >= 0.05 else None) for s in stages}
     base = runs[0]["peak_rss_bytes"]
     exponents["peak_rss_above_smallest"] = fit_exponent(sizes[1:], [r["peak_rss_bytes"] - base for r in runs[1:]])
     rows = []
@@ -172,13 +191,17 @@ def main() -> None:
     rows.append(["exponent", *(f"{exponents[s]:.2f}" if exponents[s] is not None else "-" for s in stages),
                  f"{exponents['peak_rss_above_smallest']:.2f}" if exponents["peak_rss_above_smallest"] else "-",
                  "", ""])
+    for r in runs:
+        rows.append([f"{r['n_train']:,} CPU", *(f"{r['cpu_s'].get(s, 0):.2f}" for s in stages), "", "", ""])
+    rows.append(["CPU exponent", *(f"{cpu_exponents[s]:.2f}" if cpu_exponents[s] is not None else "-" for s in stages),
+                 "", "", ""])
     header = ["N train", *[f"{s} s" for s in stages], "peak RSS GB", "copy file GB", "RSS/file"]
     info = machine_info()
     table = format_table(f"scale: {args.samples} samples, {args.calibration} calibration images, pixels, CPU\n"
                          + machine_line(info), header, rows)
     print(table)
     write_json(args.out, "scale", {"sizes": args.sizes, "samples": args.samples, "calibration": args.calibration},
-               {"runs": runs, "exponents": exponents}, table, None)
+               {"runs": runs, "exponents": exponents, "cpu_exponents": cpu_exponents}, table, None)
 
 
 if __name__ == "__main__":
