@@ -159,7 +159,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per audit")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.json")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 500 and 1000 images, 10 samples")
+    parser.add_argument("--from-results", action="store_true",
+                        help="audit nothing: report the result-N.json files already in --workdir (of --sizes)")
     args = parser.parse_args()
+    if args.from_results:
+        return report([json.loads((args.workdir / f"result-{n}.json").read_text()) for n in sorted(args.sizes)], args)
     if args.quick:
         args.sizes, args.samples, args.calibration = [500, 1000], 10, 100
     temporary = args.workdir is None
@@ -174,6 +178,11 @@ def main() -> None:
     finally:
         if temporary and not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
+    report(runs, args)
+
+
+def report(runs: list[dict], args) -> None:
+    """Fit the exponents, print the table, write the JSON."""
     sizes = [r["n_train"] for r in runs]
     stages = [s for s in runs[0]["timings"] if s != "total"] + ["total"]
     exponents = {s: (fit_exponent(sizes, [r["timings"].get(s) for r in runs])
