@@ -48,13 +48,34 @@ def as_features(x, name: str, min_rows: int = 1) -> np.ndarray:
     return x
 
 
-RESIDENT_BLOCK_BYTES = 256 << 20  # what one block of a streamed pass over a memory map holds at most
+RESIDENT_BLOCK_BYTES = 64 << 20  # what one block of a streamed pass over a memory map holds at most
 
 
 def block_rows(dim: int, most: int) -> int:
     """Rows per block of a pass over ``(N, dim)`` float32 rows: at most ``most``, and at most
     ``RESIDENT_BLOCK_BYTES`` of them (at least one)."""
     return max(1, min(int(most), RESIDENT_BLOCK_BYTES // (4 * max(int(dim), 1))))
+
+
+def take_rows(x: np.ndarray, rows) -> np.ndarray:
+    """``x[rows]`` as a new in-memory array; for a memory map, gathered one file span of at most
+    ``RESIDENT_BLOCK_BYTES`` at a time with the pages released after each (the kernel's
+    readahead maps whole neighbourhoods of each row read, so an unbounded gather of scattered
+    rows would leave most of the file resident)."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if not is_mapped(x) or len(rows) == 0:
+        return np.array(x[rows])
+    order = np.argsort(rows, kind="stable")
+    wanted = rows[order]
+    out = np.empty((len(rows), *x.shape[1:]), dtype=x.dtype)
+    span = block_rows(int(np.prod(x.shape[1:], dtype=np.int64)) * x.dtype.itemsize // 4, 1 << 62)
+    start = 0
+    while start < len(wanted):
+        stop = int(np.searchsorted(wanted, wanted[start] + span, side="left"))
+        out[order[start:stop]] = x[wanted[start:stop]]
+        release_pages(x)
+        start = stop
+    return out
 
 
 def mapping_of(x) -> mmap.mmap | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.features import as_features, block_rows, check_count, check_same_dim, release_pages
+from ganaudit.features import as_features, block_rows, check_count, check_same_dim, release_pages, take_rows
 from ganaudit.search.index import faiss_seed, knn
 
 KMEANS_ITERATIONS = 25
@@ -93,9 +93,7 @@ def fit_sample(x: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     if x.shape[0] <= limit:
         return x
     rows = np.sort(np.random.default_rng([seed, n_clusters]).choice(x.shape[0], limit, replace=False))
-    sample = x[rows]
-    release_pages(x)
-    return sample
+    return take_rows(x, rows)
 
 
 def _kmeans_plus_plus(x: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:

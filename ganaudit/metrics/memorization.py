@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.features import as_features, check_count, check_same_dim
+from ganaudit.features import as_features, check_count, check_same_dim, take_rows
 from ganaudit.search.index import FlatIndex, knn
 from ganaudit.metrics.clustering import kmeans_centroids, nearest_centroid
 from ganaudit.metrics.copy_stats import mann_whitney_u, rank_auc
@@ -147,7 +147,7 @@ def authentic_mask(
         # Only the matched training points' own balls are needed: a leave-one-out search of
         # those M rows, not of all N (which would cost N x N).
         matched = np.unique(nearest)
-        own = FlatIndex(train).search(train[matched], 1, exclude=matched)[0][:, 0]
+        own = FlatIndex(train).search(take_rows(train, matched), 1, exclude=matched)[0][:, 0]
         return dist > own[np.searchsorted(matched, nearest)]
     train_nn_dist = np.asarray(train_nn_dist, dtype=np.float32)
     if train_nn_dist.shape != (train.shape[0],):
@@ -193,7 +193,7 @@ def mia_auc(
     check_same_dim(train=train, holdout=holdout, generated=generated)
     rng = np.random.default_rng(seed)
     size = min(train.shape[0], holdout.shape[0])
-    members = train[np.sort(rng.choice(train.shape[0], size, replace=False))]
+    members = take_rows(train, np.sort(rng.choice(train.shape[0], size, replace=False)))
     others = holdout[np.sort(rng.choice(holdout.shape[0], size, replace=False))]
     member_dist = _nearest_distance(generated, members)[0]
     other_dist = _nearest_distance(generated, others)[0]
