@@ -79,7 +79,7 @@ def nearest_centroid(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     centroids = as_features(centroids, "centroids")
     check_same_dim(features=features, centroids=centroids)
     out = np.empty(features.shape[0], dtype=np.int64)
-    rows = block_rows(features.shape[1], ASSIGN_BLOCK)  # a memory-mapped matrix: one block (<= 256 MB) resident
+    rows = block_rows(features.shape[1], ASSIGN_BLOCK)  # a memory-mapped matrix: one block (RESIDENT_BLOCK_BYTES) resident
     for start in range(0, features.shape[0], rows):
         out[start : start + rows] = knn(centroids, features[start : start + rows], k=1)[1][:, 0]
         release_pages(features)
