@@ -106,6 +106,7 @@ def _audit(config: AuditConfig, engine) -> tuple[AuditResult, AuditContext]:
     if config.regions:
         with _stage(timings, "region_index"):
             region_run = _region_index(config, train, copy_embedder, device, cache_dir)
+    embedded_before = {id(e): e.images_embedded for e in (embedder, copy_embedder)}
     with _stage(timings, "sample_embed_search"):
         streamed = fd_run.tap(source) if fd_run else source
         # a tapped source (FD spaces, regions) is sampled on the driver whatever the engine
@@ -113,6 +114,7 @@ def _audit(config: AuditConfig, engine) -> tuple[AuditResult, AuditContext]:
         generated = engine.search_generated(tapped, searcher, config.batch_size,
                                             "sampling + search" + (" + regions" if region_run else ""),
                                             config.progress, RECALL_QUERIES, config)
+    passes = _passes_per_sample(embedded_before, (embedder, copy_embedder), len(generated.matches.score))
     # near-duplicates under a published copy threshold too (SSCD's cosine), whatever the policy
     published = copy_embedder.spec.copy_threshold if copy_embedder.spec.metric == "ip" else None
     with _stage(timings, "calibrate"):  # reference hygiene first: duplicates and blanks never calibrate
@@ -148,7 +150,8 @@ def _audit(config: AuditConfig, engine) -> tuple[AuditResult, AuditContext]:
                                                   published)
         memorization["index"] = index_info
         review.annotate_memorization(memorization, train, index, train_copy_feats, config)
-        memorization["copy_embedder"] = provenance.embedder_info(copy_embedder, device) | {"tta": list(tta)}
+        memorization["copy_embedder"] = provenance.embedder_info(copy_embedder, device) | {
+            "tta": list(tta), "variants": list(generated.matches.names), **passes}
         memorization["regions"] = (regions_section(tapped.matches(), region_ref, region_ref_info, region_run[0],
                                                    region_run[1], source, train, config) if region_run else None)
         logits = embedder.class_logits(generated.features) if hasattr(embedder, "class_logits") else None
@@ -187,6 +190,16 @@ def _region_index(config: AuditConfig, train, copy_embedder, device, cache_dir):
                         gpu=faiss_gpu_id(device), cache_dir=Path(cache_dir) / "indexes" if cache_dir else None)
     tiles.release_features()  # the index holds its own copy
     return tiles, index, regions.RegionSearcher(index, tiles, copy_embedder, config.copy_k)
+
+
+def _passes_per_sample(before: dict, embedders, n_samples: int) -> dict:
+    """What embedding the generated samples cost: images through each embedder per sample, and
+    the forward passes of networks (embedders with weights) per sample."""
+    per = {}
+    for e in embedders:
+        per[e.spec.name] = (e.images_embedded - before[id(e)]) / max(n_samples, 1)
+    network = sum(per[e.spec.name] for e in {id(e): e for e in embedders}.values() if e.is_network)
+    return {"passes_per_sample": per, "network_passes_per_sample": network}
 
 
 def open_generated(config: AuditConfig, device):

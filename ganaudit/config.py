@@ -128,7 +128,7 @@ class AuditConfig:
         "(default: the copy embedder's, e.g. flip,shift)", parse=_name_list))
     copy_embedder: str = _setting("auto", Flag(
         "features copy search uses (default auto: the embedder's copy descriptor, e.g. pixels-copy for pixels; "
-        "sscd for copy detection proper)"))
+        "on a CPU pixels-copy for networks too, so they run once per sample; sscd for copy detection proper)"))
     copy_weights: Path | None = _setting(None, Flag("weights file for --copy-embedder", parse=_path_arg))
     # auto: the copy embedder's published threshold if it has one, else calibrated from data;
     # calibrated: always from data; a number: absolute, in the copy embedder's metric units.

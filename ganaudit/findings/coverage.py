@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ganaudit.config import AuditConfig
+from ganaudit.features import take_rows
 from ganaudit.findings import Evidence
 from ganaudit.metrics import coverage as cov, diversity, fid, modes
 from ganaudit.metrics.clustering import nearest_centroid
@@ -24,7 +25,7 @@ def coverage_section(evidence: Evidence, config: AuditConfig, class_logits: np.n
     real_idx = np.arange(len(train_feats))
     if len(real_idx) > config.coverage_max_real:
         real_idx = np.sort(rng.choice(len(real_idx), config.coverage_max_real, replace=False))
-    real = train_feats[real_idx]
+    real = take_rows(train_feats, real_idx)  # the subsample in memory; a memory map read span by span
     n_real, n_gen, k = len(real), len(gen_feats), config.nearest_k
     # What each figure needs (training and generated rows); a figure short of it is null, with the reason.
     needs = {"prdc": (k + 1, k + 1), "fd": (2, 2), "kd": (2, 2), "duplicate_fraction": (2, 2)}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.features import as_features, check_count, check_same_dim
-from ganaudit.search.index import knn
+from ganaudit.features import as_features, check_count, check_same_dim, take_rows
+from ganaudit.search.index import FlatIndex, knn
 from ganaudit.metrics.clustering import kmeans_centroids, nearest_centroid
 from ganaudit.metrics.copy_stats import mann_whitney_u, rank_auc
 
@@ -182,12 +182,16 @@ def authentic_mask(
     check_same_dim(train=train, generated=generated)
     if train.shape[0] < 2:
         raise ValueError("authenticity needs at least 2 training samples")
+    dist, nearest = _nearest_distance(train, generated)
     if train_nn_dist is None:
-        train_nn_dist = knn(train, train, k=1, exclude_self=True)[0][:, 0]
+        # Only the matched training points' own balls are needed: a leave-one-out search of
+        # those M rows, not of all N (which would cost N x N).
+        matched = np.unique(nearest)
+        own = FlatIndex(train).search(take_rows(train, matched), 1, exclude=matched)[0][:, 0]
+        return dist > own[np.searchsorted(matched, nearest)]
     train_nn_dist = np.asarray(train_nn_dist, dtype=np.float32)
     if train_nn_dist.shape != (train.shape[0],):
         raise ValueError(f"train_nn_dist must have shape ({train.shape[0]},)")
-    dist, nearest = _nearest_distance(train, generated)
     return dist > train_nn_dist[nearest]
 
 

@@ -81,20 +81,23 @@ class CopySearcher:
         if self.k < 1:
             raise ValueError("the training set needs at least 3 images")
 
-    def __call__(self, images: torch.Tensor, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, Matches]:
+    def __call__(self, images: torch.Tensor, exclude: np.ndarray | None = None,
+                 features: bool = True) -> tuple[np.ndarray, np.ndarray, Matches]:
         """Embed and search one batch.
 
         Args:
             images: ``(B, 3, H, W)`` float in [0, 1].
             exclude: optional ``(B,)`` training indices the images themselves are (leave-one-out
                 calibration on the training set).
+            features: also embed the batch with the audit's embedder when it is not the copy
+                embedder (False: those features are not needed, and ``(B, 0)`` is returned).
 
         Returns:
             ``(features (B, D) of the audit's embedder, copy features (B, D') of the identity
             variant, Matches)``, features float32.
         """
         names, variant_feats, features = embed_variants(images, self.augmentations, self.copy_embedder,
-                                                        self.embedder)
+                                                        self.embedder, features=features)
         if "zoom" in self.augmentations and not any(n.startswith("zoom") for n in names) and not self._warned:
             self._warned = True
             log.warning("images of %dx%d px are too small to zoom out; copy search skips the zoom variants",
@@ -135,7 +138,8 @@ class CopySearcher:
 
 
 def embed_variants(images: torch.Tensor, augmentations: tuple[str, ...], copy_embedder: Embedder,
-                   embedder: Embedder | None = None) -> tuple[list[str], list[np.ndarray], np.ndarray]:
+                   embedder: Embedder | None = None, features: bool = True
+                   ) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     """The embedding half of a copy search: every test-time variant of a batch, embedded.
 
     Returns:
@@ -147,8 +151,11 @@ def embed_variants(images: torch.Tensor, augmentations: tuple[str, ...], copy_em
     for name, view in variants(images, augmentations):
         names.append(name)
         feats.append(copy_embedder.embed(view))
-    features = feats[0] if embedder is None or embedder is copy_embedder else embedder.embed(images)
-    return names, feats, features
+    if embedder is None or embedder is copy_embedder:
+        out = feats[0]
+    else:  # features=False: the caller needs no features under the audit's embedder
+        out = embedder.embed(images) if features else np.empty((len(images), 0), np.float32)
+    return names, feats, out
 
 
 def matches_from_search(raw: np.ndarray, idx: np.ndarray, metric: str, augmentation: int = 0) -> Matches:
@@ -204,7 +211,8 @@ class SearchedSet:
 
 
 def search_source(source, searcher: CopySearcher, batch_size: int, label: str, progress: bool | None,
-                  exclude_of: np.ndarray | None = None, keep_copy_features: int = 0) -> SearchedSet:
+                  exclude_of: np.ndarray | None = None, keep_copy_features: int = 0,
+                  features: bool = True) -> SearchedSet:
     """Embed and search every batch of an image source (``ganaudit.sources.ImageSource``).
 
     Args:
@@ -214,6 +222,8 @@ def search_source(source, searcher: CopySearcher, batch_size: int, label: str, p
         label, progress: the progress bar's label; whether to show it (None: on a terminal).
         exclude_of: ``(N,)`` training index each image of ``source`` itself is (leave-one-out).
         keep_copy_features: also keep the copy features of the first this many images.
+        features: keep the audit embedder's features (False: ``features`` is ``(N, 0)`` and an
+            audit embedder other than the copy embedder is not run at all).
     """
     from ganaudit.search.hygiene import rms_contrast
 
@@ -222,7 +232,7 @@ def search_source(source, searcher: CopySearcher, batch_size: int, label: str, p
     with progress_bar(len(source), label, progress) as bar:
         for indices, batch in source.batches(batch_size):
             exclude = None if exclude_of is None else exclude_of[indices]
-            f, c, m = searcher(batch, exclude=exclude)
+            f, c, m = searcher(batch, exclude=exclude, features=features)
             feats.append(f)
             if kept < keep_copy_features:
                 copy_feats.append(c[: keep_copy_features - kept])
