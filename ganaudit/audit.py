@@ -125,7 +125,8 @@ def _audit(config: AuditConfig, engine) -> tuple[AuditResult, AuditContext]:
         train_contrast = embed_image_set(train, hygiene.ContrastEmbedder(device), config.batch_size, cache_dir,
                                          "contrast train", config.progress)[:, 0]
         train_low = hygiene.low_information(train_contrast)
-        groups = hygiene.train_duplicate_groups(index, train_copy_feats, ~train_low, config.copy_k, published)
+        groups = hygiene.train_duplicate_groups(index, train_copy_feats, ~train_low, config.copy_k, published,
+                                                seed=config.seed)
         generated_low = hygiene.low_information(generated.contrast)
     recovery, reconstructions = None, {}
     if config.recover is not None:  # white-box membership test: after sampling, so the output range is known
