@@ -7,7 +7,9 @@ only its features and best matches stay.
 """
 from __future__ import annotations
 
+import sys
 import time
+import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,3 +228,15 @@ def _stage(timings: dict, name: str):
     start = time.perf_counter()
     yield
     timings[name] = round(time.perf_counter() - start, 3)
+
+
+class _CallableModule(types.ModuleType):
+    """``ganaudit.audit(config)`` is the documented API, and ``ganaudit.audit`` is also this
+    module's name: once anything imports the module (the CLI does), the package attribute is
+    the module, so the module itself answers the call."""
+
+    def __call__(self, config: AuditConfig) -> AuditResult:
+        return audit(config)
+
+
+sys.modules[__name__].__class__ = _CallableModule
