@@ -78,21 +78,27 @@ def test_sharded_search_gives_the_flat_index_matches(ray_local):
 def test_embed_resumes_with_only_the_missing_shards(ray_local, tiny_sets, tmp_path, capsys):
     """``ganaudit embed --engine ray`` fills the entry ``check`` reads; a rerun embeds only what is missing."""
     from ganaudit.embedders import create_embedder
-    from ganaudit.embedders.cache import embed_image_set
+    from ganaudit.embedders.cache import _Entry, cache_key, embed_image_set
     from ganaudit.sources.datasets import open_image_set
 
     embed = ("embed", tiny_sets["train"], "--embedder", "pixels-copy", "--cache-dir", tmp_path, "--shard-size", "32")
     code, out, _ = run_cli(*embed, capsys=capsys)  # the local engine makes the entry (one Ray job is enough)
     assert code == 0 and "pixels-copy: 120 images x 768, 4 shards (0 from the cache, 4 embedded" in out, out
+    code, out, _ = run_cli(*embed, "--engine", "ray", capsys=capsys)  # a joined entry: nothing to do
+    assert code == 0 and "4 shards (4 from the cache, 0 embedded" in out, out
     entry = Path(out.rsplit(": ", 1)[1].strip())
-    for i in (1, 3):  # as if a job had died before writing these
-        (entry / f"chunk-{i:06d}.bin").unlink()
+    # as if a job had died after writing shards 0 and 2 only: chunk files, no joined matrix
+    images, embedder = open_image_set(tiny_sets["train"]), create_embedder("pixels-copy", "cpu")
+    expected = embed_image_set(images, embedder, 128, None, "local", False)
+    for name in ("features.npy", "features.json"):
+        (entry / name).unlink()
+    partial = _Entry(entry, cache_key(images, embedder)[1], len(images), embedder.spec.dim, 32)
+    for i in (0, 2):
+        partial.write_chunk(i, expected[32 * i:32 * (i + 1)], np.ones(32, dtype=bool))
     code, out, _ = run_cli(*embed, "--engine", "ray", capsys=capsys)
     assert code == 0 and "4 shards (2 from the cache, 2 embedded, 0 duplicates" in out, out
-    code, out, _ = run_cli(*embed, capsys=capsys)  # the local engine finds every shard
+    code, out, _ = run_cli(*embed, capsys=capsys)  # the local engine finds every shard (and joins them)
     assert code == 0 and "4 shards (4 from the cache, 0 embedded" in out, out
-    embedder = create_embedder("pixels-copy", "cpu")
-    expected = embed_image_set(open_image_set(tiny_sets["train"]), embedder, 128, None, "local", False)
     cached = embed_image_set(open_image_set(tiny_sets["train"]), _NoForward(embedder), 128, tmp_path, "read", False)
     np.testing.assert_array_equal(cached, expected)  # the entry the local engine reads, bit for bit
 

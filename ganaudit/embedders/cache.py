@@ -44,7 +44,6 @@ import numpy as np
 import torch
 
 from ganaudit.embedders.base import Embedder
-from ganaudit.features import release_pages
 from ganaudit.plumbing import STALE_GLOB, file_sha256, write_atomic, write_atomic_parts
 from ganaudit.progress import progress_bar
 
@@ -216,6 +215,14 @@ class _Entry:
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("embedding cache %s: unreadable manifest; rebuilding the entry", self.path)
             return {}
+
+    def present_chunks(self) -> set[int]:
+        """The chunks this entry holds: every one once they are joined into the matrix (its
+        record written last), else those whose chunk file is there."""
+        n_chunks = len(self.chunk_rows())
+        if (self.path / MATRIX_RECORD).exists() and (self.path / MATRIX_FILE).exists():
+            return set(range(n_chunks))
+        return {i for i in range(n_chunks) if self.chunk_path(i).exists() and self.chunk_path(i).stat().st_size > 0}
 
     def chunk_rows(self) -> list[np.ndarray]:
         return [np.arange(s, min(s + self.chunk_size, self.n)) for s in range(0, self.n, self.chunk_size)]

@@ -76,7 +76,7 @@ def precompute_cache(images_path: Path, *, embedder: str = "pixels", copy_embedd
     from ganaudit.config_checks import check_value
     from ganaudit.device import resolve_device
     from ganaudit.embedders import create_copy_embedder, create_embedder
-    from ganaudit.embedders.cache import cache_key, default_cache_dir, embed_image_set
+    from ganaudit.embedders.cache import DEFAULT_CHUNK_SIZE, _Entry, cache_key, default_cache_dir, embed_image_set
     from ganaudit.errors import GanauditError
     from ganaudit.sources.datasets import open_image_set
 
@@ -114,12 +114,13 @@ def precompute_cache(images_path: Path, *, embedder: str = "pixels", copy_embedd
                 stats = embed_shards(runner, images, name, model_weights, _StoredFeatures(model.spec, identity, name),
                                      batch_size, cache_dir, label, progress, chunk_size=shard_size)
             else:
-                entry = cache_dir / "features" / cache_key(images, model)[0]
-                before = len(list(entry.glob("chunk-*.bin")))
-                kwargs = {"chunk_size": shard_size} if shard_size else {}
-                embed_image_set(images, model, batch_size, cache_dir, label, progress, **kwargs)
-                shards = len(list(entry.glob("chunk-*.bin")))
-                stats = {"entry": str(entry), "shards": shards, "cached": before, "embedded": shards - before,
+                key, material = cache_key(images, model)
+                entry = _Entry(cache_dir / "features" / key, material, len(images), model.spec.dim,
+                               shard_size or DEFAULT_CHUNK_SIZE)
+                before, shards = len(entry.present_chunks()), len(entry.chunk_rows())
+                embed_image_set(images, model, batch_size, cache_dir, label, progress,
+                                chunk_size=shard_size or DEFAULT_CHUNK_SIZE)
+                stats = {"entry": str(entry.path), "shards": shards, "cached": before, "embedded": shards - before,
                          "duplicates": 0}
             out.append({"embedder": name, "n": len(images), "dim": model.spec.dim, **stats,
                         "seconds": round(time.perf_counter() - started, 3)})

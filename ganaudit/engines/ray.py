@@ -275,7 +275,7 @@ def embed_shards(engine: RayEngine, images, name: str, weights, embedder, batch_
     entry = _Entry(Path(cache_dir) / "features" / key, material, len(images), embedder.spec.dim,
                    chunk_size or DEFAULT_CHUNK_SIZE)
     shards = entry.chunk_rows()
-    present = {i for i in range(len(shards)) if _present(entry.chunk_path(i))}
+    present = entry.present_chunks()  # all of them once a check has joined them into one matrix
     job = EmbedJob(str(images.location), bool(images.skip_corrupt), name, _str(weights), engine.worker_device,
                    batch_size, embedder.spec.dim)
     written: set[int] = set()
@@ -312,13 +312,6 @@ def embed_shards(engine: RayEngine, images, name: str, weights, embedder, batch_
              "duplicates": duplicates, "attempts": attempts, "seconds": round(time.perf_counter() - started, 3)}
     log.info("%s: %s", label, stats)
     return stats
-
-
-def _present(path: Path) -> bool:
-    try:
-        return path.stat().st_size > 0
-    except FileNotFoundError:
-        return False
 
 
 def _worker_error(error: Exception) -> Exception:
