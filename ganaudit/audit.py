@@ -116,7 +116,8 @@ def _audit(config: AuditConfig, engine) -> tuple[AuditResult, AuditContext]:
         generated = engine.search_generated(tapped, searcher, config.batch_size,
                                             "sampling + search" + (" + regions" if region_run else ""),
                                             config.progress, RECALL_QUERIES, config)
-    passes = _passes_per_sample(embedded_before, (embedder, copy_embedder), len(generated.matches.score))
+    passes = _passes_per_sample(embedded_before, (embedder, copy_embedder), len(generated.matches.score),
+                                len(generated.matches.names))
     # near-duplicates under a published copy threshold too (SSCD's cosine), whatever the policy
     published = copy_embedder.spec.copy_threshold if copy_embedder.spec.metric == "ip" else None
     with _stage(timings, "calibrate"):  # reference hygiene first: duplicates and blanks never calibrate
@@ -195,12 +196,20 @@ def _region_index(config: AuditConfig, train, copy_embedder, device, cache_dir):
     return tiles, index, regions.RegionSearcher(index, tiles, copy_embedder, config.copy_k)
 
 
-def _passes_per_sample(before: dict, embedders, n_samples: int) -> dict:
+def _passes_per_sample(before: dict, embedders, n_samples: int, n_variants: int) -> dict:
     """What embedding the generated samples cost: images through each embedder per sample, and
-    the forward passes of networks (embedders with weights) per sample."""
+    the forward passes of networks (embedders with weights) per sample.
+
+    Counted on this process's embedders; where the samples were embedded elsewhere (Ray
+    actors run ``embed_variants``: every variant through the copy embedder, the image once
+    through the audit's embedder when it is another one) nothing was counted here, and the
+    same passes are those of the variants searched."""
+    main, copy = embedders
     per = {}
     for e in embedders:
         per[e.spec.name] = (e.images_embedded - before[id(e)]) / max(n_samples, 1)
+    if n_samples and not any(per.values()):  # embedded on the cluster
+        per = {copy.spec.name: float(n_variants)} | ({} if main is copy else {main.spec.name: 1.0})
     network = sum(per[e.spec.name] for e in {id(e): e for e in embedders}.values() if e.is_network)
     return {"passes_per_sample": per, "network_passes_per_sample": network}
 
