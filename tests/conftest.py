@@ -1,8 +1,10 @@
 """Shared test helpers: tiny image sets and generators written to real files."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -108,8 +110,10 @@ def save_torchscript(module: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-# Keep the tests' embedding caches out of the user's home and apart from other runs.
+# Keep the tests' embedding caches out of the user's home and apart from other runs; removed
+# when the run ends (a CI machine's disk is small).
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ganaudit-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 SCHEMA = json.loads((REPO / "ganaudit" / "schema" / "result.schema.json").read_text())
 
