@@ -335,7 +335,7 @@ def run_size(size: int, params: dict, seed: int, alpha: float, work: Path, tta=N
             "copy_embedder": mem["copy_embedder"], "timings": result["timings"]}
 
 
-FULL = {"n_train": 500, "n_holdout": 300, "n_novel": 500, "per_kind": 40, "dup_fraction": 0.03}
+FULL = {"n_train": 400, "n_holdout": 250, "n_novel": 400, "per_kind": 30, "dup_fraction": 0.03}
 QUICK = {"n_train": 200, "n_holdout": 120, "n_novel": 150, "per_kind": 10, "dup_fraction": 0.03}
 
 
