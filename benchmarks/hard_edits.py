@@ -384,6 +384,7 @@ def main(argv=None) -> int:
             runs.append(run_size(size, params, args.seed, args.alpha, Path(tmp), tta))
             r = runs[-1]
             print(f"  [{size} px] built in {r['build_s']:.1f} s, audited in {r['audit_s']:.1f} s", flush=True)
+            print(table([r], args.alpha), flush=True)
     text = table(runs, args.alpha)
     tta_names = runs[0]["copy_embedder"].get("tta")
     header = (f"hard-edits: {params['n_train']} train, {params['n_holdout']} holdout "

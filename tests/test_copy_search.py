@@ -47,7 +47,7 @@ def test_pixels_copy_is_a_blurred_windowed_luminance_image(kind):
     ref = _reference_descriptor(x).astype(np.float64)
     assert feats.shape == (len(x), 256)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(feats @ feats.T, ref @ ref.T, atol=3e-6)
+    np.testing.assert_allclose(feats @ feats.T, ref @ ref.T, atol=1e-5)  # white noise: the most truncated
     matrix = blur_matrix(32, COPY_BLUR_SIGMA)
     np.testing.assert_allclose(matrix.sum(1).numpy(), 1.0, atol=1e-6)
 
@@ -55,8 +55,8 @@ def test_pixels_copy_is_a_blurred_windowed_luminance_image(kind):
 def test_pixels_copy_ignores_brightness_and_contrast():
     x = 0.1 + 0.6 * torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     embed = create_embedder("pixels-copy", "cpu").embed
-    np.testing.assert_allclose(embed(x * 1.15), embed(x), atol=2e-6)  # brighter, no clipping
-    np.testing.assert_allclose(embed(x + 0.1), embed(x), atol=2e-6)  # a constant offset
+    np.testing.assert_allclose(embed(x * 1.15), embed(x), atol=1e-5)  # brighter, no clipping
+    np.testing.assert_allclose(embed(x + 0.1), embed(x), atol=1e-5)  # a constant offset
     assert np.abs(embed(x.flip(-1)) - embed(x)).max() > 0.01  # but not a different picture
 
 
