@@ -366,7 +366,7 @@ def table(runs: list[dict], alpha: float) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sets (a smoke run)")
-    parser.add_argument("--sizes", default="32,64,128")
+    parser.add_argument("--sizes", default=None, help="comma list of image sizes (default 32,64,128; --quick: 32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--dup-fraction", type=float, default=None,
@@ -380,7 +380,8 @@ def main(argv=None) -> int:
     tta = None if args.tta is None else tuple(t for t in args.tta.split(",") if t and t != "none")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for size in (int(s) for s in args.sizes.split(",")):
+        sizes = args.sizes or ("32" if args.quick else "32,64,128")
+        for size in (int(s) for s in sizes.split(",")):
             runs.append(run_size(size, params, args.seed, args.alpha, Path(tmp), tta))
             r = runs[-1]
             print(f"  [{size} px] built in {r['build_s']:.1f} s, audited in {r['audit_s']:.1f} s", flush=True)
