@@ -9,7 +9,7 @@ descriptor ``pixels-copy`` and ``inception`` by default):
   ``ganaudit check`` embeds a training set.
 
 ``decode_share`` is decode time / (decode + compute) time: the fraction of the serial work
-that is decoding. ``inception`` runs with randomly initialised weights (He init, so that
+that is decoding. ``inception``, ``dinov2-*`` and ``sscd`` run with randomly initialised weights (He init, so that
 activations stay O(1): the same FLOPs and memory traffic as the real weights, no denormals);
 no weight file is needed. Networks run as the embedders run them: float32, channels_last,
 inference mode (autocast only on CUDA). Each figure is the best of ``--repeats`` runs, since
@@ -64,8 +64,41 @@ def random_inception(device: torch.device):
     return InceptionEmbedder(network, device, None)
 
 
+def random_dinov2(name: str, device: torch.device):
+    """A DINOv2 embedder (``dinov2-vits14`` / ``-vitb14`` / ``-vitl14``) with random weights of the real shapes."""
+    from ganaudit.embedders.dinov2 import DinoV2Embedder, build_network
+
+    torch.manual_seed(0)
+    return DinoV2Embedder(name, build_network(name), device, None)
+
+
+def random_sscd(device: torch.device):
+    """The sscd embedder's network shape (ResNet-50 trunk, GeM pooling, 512-d projection, as
+    ``sscd_disc_mixup``) with random weights, scripted as the real file is."""
+    import torchvision
+
+    from ganaudit.embedders.sscd import SSCDEmbedder
+
+    class GeM(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.clamp(min=1e-6).pow(3.0).mean(dim=(2, 3)).pow(1.0 / 3.0)
+
+    torch.manual_seed(0)
+    trunk = torchvision.models.resnet50(weights=None)
+    trunk.fc, trunk.avgpool = torch.nn.Identity(), torch.nn.Identity()
+    body = torch.nn.Sequential(*list(trunk.children())[:-2], GeM(), torch.nn.Linear(2048, 512)).eval()
+    return SSCDEmbedder(torch.jit.script(body), device, None)
+
+
 def make_embedder(name: str, device: torch.device):
-    return random_inception(device) if name == "inception" else create_embedder(name, device)
+    """The registry's embedder ``name``; networks with random weights of the real shapes (no files)."""
+    if name == "inception":
+        return random_inception(device)
+    if name.startswith("dinov2-"):
+        return random_dinov2(name, device)
+    if name == "sscd":
+        return random_sscd(device)
+    return create_embedder(name, device)
 
 
 def best_of(repeats: int, fn) -> float:

@@ -7,7 +7,9 @@ only its features and best matches stay.
 """
 from __future__ import annotations
 
+import sys
 import time
+import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from ganaudit.config_checks import OUTPUT_RANGES
 from ganaudit.device import resolve_device
 from ganaudit.embedders import create_copy_embedder, create_embedder
 from ganaudit.embedders.cache import default_cache_dir, embed_image_set, usable_cache_dir
+from ganaudit.engines import open_engine
 from ganaudit.errors import GanauditError
 from ganaudit.findings import Evidence
 from ganaudit.findings.coverage import coverage_section
@@ -32,7 +35,7 @@ from ganaudit.search.approximate import recall_at_1
 from ganaudit.findings.hygiene import hygiene_section
 from ganaudit.search import hygiene
 from ganaudit.search.calibration import calibrate_reference, decide_flags, threshold_policy
-from ganaudit.search.copy_search import CopySearcher, search_source
+from ganaudit.search.copy_search import CopySearcher
 from ganaudit.search import regions
 from ganaudit.search.index import build_index, faiss_gpu_id
 from ganaudit.sources.datasets import open_image_set
@@ -64,6 +67,11 @@ def audit(config: AuditConfig) -> AuditResult:
 def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
     """``audit``, also returning the image sources the HTML report draws its pictures from."""
     config.validate()
+    with open_engine(config) as engine:  # where embedding, sampling and search run (--engine)
+        return _audit(config, engine)
+
+
+def _audit(config: AuditConfig, engine) -> tuple[AuditResult, AuditContext]:
     baseline = gate.read_baseline(config.baseline) if config.baseline is not None else None
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -85,26 +93,31 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
 
     with _stage(timings, "embed_train"):
         cache_dir = None if config.no_cache else usable_cache_dir(Path(config.cache_dir or default_cache_dir()))
-        train_feats = embed_image_set(train, embedder, config.batch_size, cache_dir, "embedding train", config.progress)
-        train_copy_feats = train_feats if copy_embedder is embedder else embed_image_set(
+        train_feats = engine.embed_image_set(train, embedder, config.batch_size, cache_dir, "embedding train",
+                                             config.progress, name=config.embedder, weights=config.weights)
+        train_copy_feats = train_feats if copy_embedder is embedder else engine.embed_image_set(
             train, copy_embedder, config.batch_size, cache_dir, f"embedding train ({copy_embedder.spec.name})",
-            config.progress)
+            config.progress, name=copy_embedder_name(config, copy_embedder), weights=config.copy_weights)
     with _stage(timings, "index"):
-        index = build_index(train_copy_feats, copy_embedder.spec.metric, config.index, config.approx_above,
-                            config.seed, gpu=faiss_gpu_id(device),
-                            cache_dir=Path(cache_dir) / "indexes" if cache_dir else None)
+        index = engine.build_index(train_copy_feats, copy_embedder.spec.metric, config.index, config.approx_above,
+                                   config.seed, faiss_gpu_id(device),
+                                   Path(cache_dir) / "indexes" if cache_dir else None)
     tta = config.tta if config.tta is not None else copy_embedder.spec.copy_tta
     searcher = CopySearcher(index, copy_embedder, tta, config.copy_k, embedder=embedder, rank_by=policy.rank_by)
     region_run = None
     if config.regions:
         with _stage(timings, "region_index"):
             region_run = _region_index(config, train, copy_embedder, device, cache_dir)
+    embedded_before = {id(e): e.images_embedded for e in (embedder, copy_embedder)}
     with _stage(timings, "sample_embed_search"):
         streamed = fd_run.tap(source) if fd_run else source
+        # a tapped source (FD spaces, regions) is sampled on the driver whatever the engine
         tapped = regions.RegionTap(streamed, region_run[2]) if region_run else streamed
-        generated = search_source(tapped, searcher, config.batch_size,
-                                  "sampling + search" + (" + regions" if region_run else ""), config.progress,
-                                  keep_copy_features=RECALL_QUERIES)
+        generated = engine.search_generated(tapped, searcher, config.batch_size,
+                                            "sampling + search" + (" + regions" if region_run else ""),
+                                            config.progress, RECALL_QUERIES, config)
+    passes = _passes_per_sample(embedded_before, (embedder, copy_embedder), len(generated.matches.score),
+                                len(generated.matches.names))
     # near-duplicates under a published copy threshold too (SSCD's cosine), whatever the policy
     published = copy_embedder.spec.copy_threshold if copy_embedder.spec.metric == "ip" else None
     with _stage(timings, "calibrate"):  # reference hygiene first: duplicates and blanks never calibrate
@@ -115,7 +128,8 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
         train_contrast = embed_image_set(train, hygiene.ContrastEmbedder(device), config.batch_size, cache_dir,
                                          "contrast train", config.progress)[:, 0]
         train_low = hygiene.low_information(train_contrast)
-        groups = hygiene.train_duplicate_groups(index, train_copy_feats, ~train_low, config.copy_k, published)
+        groups = hygiene.train_duplicate_groups(index, train_copy_feats, ~train_low, config.copy_k, published,
+                                                seed=config.seed)
         generated_low = hygiene.low_information(generated.contrast)
     recovery, reconstructions = None, {}
     if config.recover is not None:  # white-box membership test: after sampling, so the output range is known
@@ -140,7 +154,8 @@ def audit_with_context(config: AuditConfig) -> tuple[AuditResult, AuditContext]:
                                                   published)
         memorization["index"] = index_info
         review.annotate_memorization(memorization, train, index, train_copy_feats, config)
-        memorization["copy_embedder"] = provenance.embedder_info(copy_embedder, device) | {"tta": list(tta)}
+        memorization["copy_embedder"] = provenance.embedder_info(copy_embedder, device) | {
+            "tta": list(tta), "variants": list(generated.matches.names), **passes}
         memorization["regions"] = (regions_section(tapped.matches(), region_ref, region_ref_info, region_run[0],
                                                    region_run[1], source, train, config) if region_run else None)
         logits = embedder.class_logits(generated.features) if hasattr(embedder, "class_logits") else None
@@ -181,6 +196,24 @@ def _region_index(config: AuditConfig, train, copy_embedder, device, cache_dir):
     return tiles, index, regions.RegionSearcher(index, tiles, copy_embedder, config.copy_k)
 
 
+def _passes_per_sample(before: dict, embedders, n_samples: int, n_variants: int) -> dict:
+    """What embedding the generated samples cost: images through each embedder per sample, and
+    the forward passes of networks (embedders with weights) per sample.
+
+    Counted on this process's embedders; where the samples were embedded elsewhere (Ray
+    actors run ``embed_variants``: every variant through the copy embedder, the image once
+    through the audit's embedder when it is another one) nothing was counted here, and the
+    same passes are those of the variants searched."""
+    main, copy = embedders
+    per = {}
+    for e in embedders:
+        per[e.spec.name] = (e.images_embedded - before[id(e)]) / max(n_samples, 1)
+    if n_samples and not any(per.values()):  # embedded on the cluster
+        per = {copy.spec.name: float(n_variants)} | ({} if main is copy else {main.spec.name: 1.0})
+    network = sum(per[e.spec.name] for e in {id(e): e for e in embedders}.values() if e.is_network)
+    return {"passes_per_sample": per, "network_passes_per_sample": network}
+
+
 def open_generated(config: AuditConfig, device):
     """The generator (or sample set) under audit, as an ``ImageSource``."""
     if config.samples is not None:
@@ -194,8 +227,25 @@ def open_generated(config: AuditConfig, device):
     return GeneratorSamples(generator, config.num_samples, config.seed)
 
 
+def copy_embedder_name(config: AuditConfig, copy_embedder) -> str:
+    """The registry name that builds the copy embedder again (``--copy-embedder``, or what auto chose)."""
+    return config.copy_embedder if config.copy_embedder != "auto" else copy_embedder.spec.name
+
+
 @contextmanager
 def _stage(timings: dict, name: str):
     start = time.perf_counter()
     yield
     timings[name] = round(time.perf_counter() - start, 3)
+
+
+class _CallableModule(types.ModuleType):
+    """``ganaudit.audit(config)`` is the documented API, and ``ganaudit.audit`` is also this
+    module's name: once anything imports the module (the CLI does), the package attribute is
+    the module, so the module itself answers the call."""
+
+    def __call__(self, config: AuditConfig) -> AuditResult:
+        return audit(config)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -85,9 +85,14 @@ FIGURES: tuple[Figure, ...] = (
            "Training images that at least one flagged sample copies, most-copied first.", "len",
            headline=True, summary=True, gate=False),
     Figure("coverage.modes.covered_fraction", True, "modes covered", "fraction",
-           "Fraction of training modes produced at min_share_ratio of their training share or more.", "pct",
+           "Fraction of training modes produced at min_share_ratio of their training share or more, counted "
+           "from confidently assigned samples only.", "pct",
            headline=True, summary=True, shown="{coverage.modes.covered}/{coverage.modes.total}",
-           note="({coverage.modes.source})"),
+           note="({coverage.modes.source}; {coverage.modes.n_unassigned} samples unassigned)"),
+    Figure("coverage.modes.unassigned_fraction", False, "samples without a confident mode", "fraction",
+           "Fraction of samples whose mode the features cannot tell (nearly as near another mode): counted "
+           "towards no mode.", "pct", headline=True,
+           note="({coverage.modes.n_unassigned} of {memorization.n_samples})"),
     Figure("coverage.modes.kl_divergence", False, "mode KL divergence", "nats",
            "KL(train ‖ generated) between the mode distributions, smoothed.", "num3"),
     Figure("coverage.duplicate_fraction", False, "near-duplicate samples", "fraction",

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--template-dir", type=Path, help="a folder of templates overriding the shipped ones")
     add_compare_command(sub)  # `ganaudit compare BASELINE CANDIDATE`; sets args.handler
     sub.add_parser("embedders", help="list the available embedders")
+    _add_embed(sub.add_parser("embed", help="precompute a training set's embedding cache (here, or on a Ray cluster)"))
     _add_stats(sub.add_parser("stats", help="write the FID statistics of an image set (pytorch-fid's .npz format)"))
     fetch = sub.add_parser("fetch-weights", help="download an embedder's weights (on a connected machine)")
     fetch.add_argument("name", help="embedder name, e.g. inception, dinov2-vitb14, sscd")
@@ -75,6 +76,26 @@ def _add_stats(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=Path, help="weights file for the embedder")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--batch-size", type=int, default=128, help="images per batch (default 128)")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable image files instead of stopping")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what is done")
+
+
+def _add_embed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", type=Path, help="the training set: a folder, .npz/.npy, WebDataset .tar shards or Parquet")
+    p.add_argument("--embedder", default="pixels", help="feature network, as for check (default pixels)")
+    p.add_argument("--copy-embedder", default="auto",
+                   help="copy-search features, as for check (default auto: the embedder's copy descriptor)")
+    p.add_argument("--weights", type=Path, help="weights file for the embedder")
+    p.add_argument("--copy-weights", type=Path, help="weights file for --copy-embedder")
+    p.add_argument("--cache-dir", type=Path, help="the embedding cache check reads (default as for check)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument("--batch-size", type=int, default=128, help="images per batch (default 128)")
+    p.add_argument("--engine", default="local", help="local (this process) or ray (Ray Data actors on a cluster)")
+    p.add_argument("--ray-address", metavar="ADDR", help="with --engine ray: the cluster to join (default "
+                   "$RAY_ADDRESS, else a cluster on this machine)")
+    p.add_argument("--shard-size", type=int, help="images per shard of a new cache entry, the unit of resumption "
+                   "(default 4096)")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable image files instead of stopping")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log what is done")
@@ -144,6 +165,20 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from ganaudit.engines import precompute_cache
+
+    rows = precompute_cache(args.images, embedder=args.embedder, copy_embedder=args.copy_embedder,
+                            weights=args.weights, copy_weights=args.copy_weights, cache_dir=args.cache_dir,
+                            device=args.device, batch_size=args.batch_size, engine=args.engine,
+                            ray_address=args.ray_address, skip_corrupt=args.skip_corrupt, progress=args.progress,
+                            shard_size=args.shard_size)
+    for r in rows:
+        print(f"{r['embedder']}: {r['n']} images x {r['dim']}, {r['shards']} shards ({r['cached']} from the cache, "
+              f"{r['embedded']} embedded, {r['duplicates']} duplicates dropped) in {r['seconds']} s: {r['entry']}")
+    return EXIT_PASS
+
+
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
     from ganaudit.embedders.weights import fetch_weights
 
@@ -162,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(force=True, level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"check": cmd_check, "report": cmd_report, "embedders": cmd_embedders,
-                "fetch-weights": cmd_fetch_weights, "stats": cmd_stats}
+                "fetch-weights": cmd_fetch_weights, "stats": cmd_stats,
+                "embed": cmd_embed}
     try:
         return (getattr(args, "handler", None) or commands[args.command])(args)
     except GanauditError as e:

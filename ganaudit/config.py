@@ -128,7 +128,7 @@ class AuditConfig:
         "(default: the copy embedder's, e.g. flip,shift)", parse=_name_list))
     copy_embedder: str = _setting("auto", Flag(
         "features copy search uses (default auto: the embedder's copy descriptor, e.g. pixels-copy for pixels; "
-        "sscd for copy detection proper)"))
+        "on a CPU pixels-copy for networks too, so they run once per sample; sscd for copy detection proper)"))
     copy_weights: Path | None = _setting(None, Flag("weights file for --copy-embedder", parse=_path_arg))
     # auto: the copy embedder's published threshold if it has one, else calibrated from data;
     # calibrated: always from data; a number: absolute, in the copy embedder's metric units.
@@ -153,6 +153,13 @@ class AuditConfig:
     recover_restarts: int = _setting(4, Flag(
         "random starting latents per recovered image, the best kept (default 4)", parse=int))
     recover_lr: float = 0.05  # Adam's step size on z, cosine-decayed to 0 over recover_steps
+    # where the work runs (ganaudit/engines/; docs/scale.md)
+    engine: str = _setting("local", Flag(
+        "local (this process) or ray (Ray Data embeds the training set with actors, samples and searches "
+        "in parallel; needs pip install 'ganaudit[ray]')"))
+    ray_address: str | None = _setting(None, Flag(
+        "with --engine ray: the cluster to join, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, "
+        "else a cluster on this machine)", metavar="ADDR"))
     # coverage
     coverage_max_real: int = 10_000
     modes: int | None = _setting(None, Flag(

@@ -27,6 +27,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 OUTPUT_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}
 COPY_THRESHOLD_MODES = ("auto", "calibrated")
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+ENGINES = ("local", "ray")
 MAX_SEED = 2**63
 # A search asks for copy_k + 2 neighbours; faiss on a GPU returns at most 2048.
 MAX_COPY_K = 1000
@@ -100,6 +101,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "region_max_tiles": (lambda v: _int(v) and v >= 100, "an integer of at least 100 (training tiles indexed)"),
     "index": (_one_of(INDEX_KINDS), f"one of {', '.join(INDEX_KINDS)}"),
     "approx_above": (lambda v: _int(v) and v >= 1, "a positive integer"),
+    "engine": (_one_of(ENGINES), f"one of {', '.join(ENGINES)}"),
+    "ray_address": (_opt(lambda v: isinstance(v, str) and v.strip() != "" and not any(c.isspace() for c in v)),
+                    "a Ray cluster address, like auto, 127.0.0.1:6379 or ray://head:10001"),
     "coverage_max_real": (lambda v: _int(v) and v >= 2, "an integer of at least 2"),
     "modes": (_opt(lambda v: _int(v) and v >= 2), "an integer of at least 2"),
     "kid_subsets": (lambda v: _int(v) and v >= 1, "a positive integer"),
@@ -170,6 +174,8 @@ def check_combinations(config) -> None:
           "--copy-weights needs --copy-embedder NAME: the weights of that embedder")
     _need(config.recover is None or config.holdout is not None,
           f"--recover {config.recover} compares training with held-out images: give --holdout too")
+    _need(config.ray_address is None or config.engine == "ray",
+          "--ray-address needs --engine ray (the local engine runs in this process)")
     normalised_class_weights(config.class_weights, config.num_classes)
     check_outputs(config)
 

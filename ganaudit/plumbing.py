@@ -14,7 +14,7 @@ import errno
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 STALE_GLOB = ".*.tmp"  # the names temporary_path gives
@@ -48,13 +48,26 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
             not a crash; nothing is left behind.
         OSError: any other failure.
     """
+    write_atomic_parts(path, [data.encode("utf-8") if isinstance(data, str) else data])
+
+
+def write_atomic_parts(path: Path | str, parts: Iterable[bytes]) -> str:
+    """``write_atomic`` for a file written piece by piece (``parts`` is consumed lazily, so a
+    large file never has to be in memory at once); returns the file's SHA-256 hex digest.
+
+    Raises:
+        GanauditError: the disk (or quota) is full; nothing is left behind.
+        OSError: any other failure.
+    """
     path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
+    h = hashlib.sha256()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with temporary_path(path) as tmp:
             with open(tmp, "xb") as f:
-                f.write(payload)
+                for part in parts:
+                    f.write(part)
+                    h.update(part)
                 f.flush()
                 os.fsync(f.fileno())
     except OSError as e:
@@ -64,6 +77,7 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
             raise GanauditError(f"no space left on device while writing {path}: free some space "
                                 "(or, for the embedding cache, pass --no-cache or another --cache-dir)") from None
         raise
+    return h.hexdigest()
 
 
 def hash_file_into(h, path: Path | str) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import ganaudit.audit as audit_module
+import ganaudit.embedders.cache as cache_module
 from ganaudit.config import AuditConfig
 
 
 def test_second_checkpoint_does_not_embed_the_training_set_again(tiny_sets, tmp_path, monkeypatch):
     train_batches: list[int] = []
-    original = audit_module.embed_image_set
+    original = cache_module.embed_image_set  # what the local engine calls (ganaudit/engines)
 
     def counting(images, embedder, *args, **kwargs):
         before = embedder.calls
@@ -17,7 +18,8 @@ def test_second_checkpoint_does_not_embed_the_training_set_again(tiny_sets, tmp_
         train_batches.append(embedder.calls - before)
         return out
 
-    monkeypatch.setattr(audit_module, "embed_image_set", counting)
+    monkeypatch.setattr(cache_module, "embed_image_set", counting)  # the engine's training features
+    monkeypatch.setattr(audit_module, "embed_image_set", counting)  # hygiene's contrast, called by the audit
     common = dict(train=Path(tiny_sets["train"]), holdout=Path(tiny_sets["holdout"]), num_samples=60,
                   tta=(), cache_dir=tmp_path / "cache")
     first = audit_module.audit(AuditConfig(generator=Path(tiny_sets["fresh_gen"]), **common))

@@ -227,3 +227,14 @@ def test_usage_errors_name_the_help_of_the_command_that_failed(argv, hint, capsy
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and hint in err and "ganaudit ganaudit" not in err
+
+
+def test_the_python_api_is_callable_after_the_cli_module_is_imported(tiny_sets):
+    """``ganaudit.audit`` names both the documented function and a submodule: importing the
+    submodule (the CLI does) must not turn ``ganaudit.audit(config)`` into 'module not callable'."""
+    import ganaudit
+    import ganaudit.audit  # noqa: F401  (what the CLI and the benchmarks import)
+
+    result = ganaudit.audit(ganaudit.AuditConfig(generator=tiny_sets["fresh_gen"], train=tiny_sets["train"],
+                                                 holdout=tiny_sets["holdout"], num_samples=120, tta=(), progress=False))
+    assert result.verdict in ("pass", "fail") and result.memorization["n_samples"] == 120

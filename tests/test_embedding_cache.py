@@ -57,7 +57,12 @@ def test_a_second_run_reads_the_cache_and_embeds_nothing(image_dir, tmp_path):
     assert first.shape == (30, 3072) and first.dtype == np.float32
     np.testing.assert_array_equal(second, first)
     np.testing.assert_array_equal(first, uncached)
-    assert len(_chunks(cache)) == 4 and not list(cache.rglob("*.tmp"))
+    # The complete entry is one matrix, memory-mapped read-only; its chunks are gone.
+    assert not _chunks(cache) and not list(cache.rglob("*.tmp"))
+    assert len(list(cache.glob("features/*/features.npy"))) == 1
+    for feats in (first, second):
+        assert isinstance(feats, np.memmap) and not feats.flags.writeable
+    assert not isinstance(uncached, np.memmap)
 
 
 def test_changed_data_is_a_new_entry(image_dir, tmp_path):
@@ -99,26 +104,67 @@ def test_an_interrupted_run_resumes_after_its_last_complete_chunk(image_dir, tmp
     np.testing.assert_array_equal(resumed, reference)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_a_corrupt_chunk_is_detected_and_rebuilt(image_dir, tmp_path, caplog, damage):
-    cache = tmp_path / "cache"
-    reference = _embed(open_image_set(image_dir), CountingPixels(), cache)
-    chunk = _chunks(cache)[1]
-    data = bytearray(chunk.read_bytes())
+def _damage(path, damage: str) -> None:
+    data = bytearray(path.read_bytes())
     if damage == "flip":
         data[len(data) // 2] ^= 0xFF
     else:
         del data[len(data) // 3:]
-    chunk.write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_corrupt_chunk_is_detected_and_rebuilt(image_dir, tmp_path, caplog, damage):
+    cache = tmp_path / "cache"
+    reference = _embed(open_image_set(image_dir), CountingPixels(), None)
+    with pytest.raises(Interrupted):
+        _embed(open_image_set(image_dir), CountingPixels(fail_at=6), cache)  # chunks 0 and 1 written
+    chunk = _chunks(cache)[1]
+    _damage(chunk, damage)
     embedder = CountingPixels()
     with caplog.at_level(logging.WARNING, logger="ganaudit.embedders.cache"):
         rebuilt = _embed(open_image_set(image_dir), embedder, cache)
-    assert embedder.calls == 2  # that chunk only
+    assert embedder.calls == 6  # that chunk and the two never written
     assert "corrupt" in caplog.text and chunk.name in caplog.text
     np.testing.assert_array_equal(rebuilt, reference)
     again = CountingPixels()
     _embed(open_image_set(image_dir), again, cache)
     assert again.calls == 0
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_corrupt_matrix_is_detected_and_embedded_again(image_dir, tmp_path, caplog, damage):
+    cache = tmp_path / "cache"
+    reference = np.array(_embed(open_image_set(image_dir), CountingPixels(), cache))
+    matrix = next(cache.glob("features/*/features.npy"))
+    _damage(matrix, damage)
+    embedder = CountingPixels()
+    with caplog.at_level(logging.WARNING, logger="ganaudit.embedders.cache"):
+        rebuilt = _embed(open_image_set(image_dir), embedder, cache)
+    assert embedder.calls == 8 and "corrupt" in caplog.text and "features.npy" in caplog.text
+    np.testing.assert_array_equal(rebuilt, reference)
+
+
+def test_a_run_killed_while_joining_embeds_only_the_chunks_it_deleted(image_dir, tmp_path, monkeypatch):
+    import ganaudit.embedders.cache as cache_module
+
+    cache = tmp_path / "cache"
+    reference = _embed(open_image_set(image_dir), CountingPixels(), None)
+    real = cache_module.write_atomic_parts
+
+    def dies_after_two_chunks(path, parts):
+        for i, _ in enumerate(parts):  # the header, then one part per chunk
+            if i == 2:
+                raise Interrupted("killed while joining")
+
+    monkeypatch.setattr(cache_module, "write_atomic_parts", dies_after_two_chunks)
+    with pytest.raises(Interrupted):
+        _embed(open_image_set(image_dir), CountingPixels(), cache)
+    assert [p.name for p in _chunks(cache)] == ["chunk-000001.bin", "chunk-000002.bin", "chunk-000003.bin"]
+    monkeypatch.setattr(cache_module, "write_atomic_parts", real)
+    embedder = CountingPixels()
+    np.testing.assert_array_equal(_embed(open_image_set(image_dir), embedder, cache), reference)
+    assert embedder.calls == 2 and not _chunks(cache)
 
 
 def test_an_unreadable_manifest_rebuilds_the_entry(image_dir, tmp_path, caplog):

@@ -245,3 +245,25 @@ def test_no_honest_calibration_is_exit_2_with_the_reason(tmp_path, capsys):
     code, _, err = run_cli("check", "--train", tmp_path / "train.npz", "--holdout", tmp_path / "holdout.npz",
                            "--samples", tmp_path / "train.npz", "--no-cache", capsys=capsys)
     assert code == 2 and "no reference image left" in err and err.count("\n") == 1
+
+
+def test_training_duplicate_search_is_capped_and_still_finds_planted_groups():
+    """Past max_queries a seeded subset is searched against the whole set (linear cost); a planted
+    group is found whenever one of its members is searched, and the result says how many were."""
+    from ganaudit.search import hygiene
+    from ganaudit.search.index import FlatIndex
+
+    rng = np.random.default_rng(3)
+    feats = rng.standard_normal((600, 16)).astype(np.float32)
+    groups = [[10, 200, 410], [55, 56], [300, 599]]
+    for g in groups:
+        for member in g[1:]:
+            feats[member] = feats[g[0]] + 1e-4 * rng.standard_normal(16).astype(np.float32)
+    informative = np.ones(600, bool)
+    full = hygiene.train_duplicate_groups(FlatIndex(feats), feats, informative, 5)
+    assert full.n_searched == 600 and sorted(full.groups) == sorted(groups)
+    capped = hygiene.train_duplicate_groups(FlatIndex(feats), feats, informative, 5, seed=1, max_queries=200)
+    assert capped.n_searched == 200
+    searched = set(np.sort(np.random.default_rng([1, 17]).choice(600, 200, replace=False)).tolist())
+    expected = [g for g in groups if searched & set(g)]
+    assert expected and sorted(capped.groups) == sorted(expected)

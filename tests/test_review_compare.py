@@ -26,7 +26,9 @@ def base(tiny_sets, tmp_path_factory) -> dict:
 def _set(result: dict, dotted: str, value) -> None:
     *parents, last = dotted.split(".")
     node = result
-    for part in parents:
+    for part in parents:  # sections a run does not make (recovery, regions) are null: give them a body
+        if node.get(part) is None:
+            node[part] = {}
         node = node[part]
     node[last] = value
 

@@ -21,6 +21,7 @@ REGISTRY: dict[str, tuple[EmbedderSpec, _Factory]] = {}
 OPTIONAL: dict[str, tuple[str, str]] = {}
 # Prefixes of user embedders: ``prefix:PATH``.
 USER_PREFIXES = ("torchscript", "pt2")
+CPU_COPY_EMBEDDER = "pixels-copy"  # what copy search uses on a CPU for a network without its own descriptor
 
 
 def register_embedder(spec: EmbedderSpec, factory: _Factory, requires: tuple[str, str] | None = None) -> None:
@@ -80,7 +81,16 @@ def create_embedder(name: str, device: torch.device | str, weights=None) -> Embe
 
 def create_copy_embedder(name: str, embedder: Embedder, device: torch.device | str, weights=None) -> Embedder:
     """The embedder copy search uses: ``name`` (``--copy-embedder``), or with ``"auto"`` the
-    embedder's declared copy descriptor (``spec.copy_embedder``), else ``embedder`` itself.
+    embedder's declared copy descriptor (``spec.copy_embedder``); else, for a network on the
+    CPU, ``CPU_COPY_EMBEDDER`` (``pixels-copy``); else ``embedder`` itself.
+
+    Why the CPU rule: copy search embeds every test-time augmentation of every sample (and of
+    every calibration image), about ten forward passes per image with a network as its own
+    descriptor (a few images per second on a CPU), while ``pixels-copy`` costs next to nothing
+    and re-aligns shifts and crops with its augmentation grid. With it a CPU audit runs the
+    network once per generated sample (coverage features) and copy search off the network.
+    On a GPU the network searches its own features, as before. ``--copy-embedder NAME`` always
+    wins; the result's ``memorization.copy_embedder`` names what ran.
 
     Args:
         name: ``"auto"`` or an embedder name.
@@ -89,10 +99,21 @@ def create_copy_embedder(name: str, embedder: Embedder, device: torch.device | s
         weights: ``--copy-weights``.
     """
     if name == "auto":
-        name = embedder.spec.copy_embedder or embedder.spec.name
+        name = auto_copy_embedder(embedder)
     if name == embedder.spec.name and weights is None:
         return embedder
     return create_embedder(name, device, weights)
+
+
+def auto_copy_embedder(embedder: Embedder) -> str:
+    """The registry name ``--copy-embedder auto`` resolves to for ``embedder`` (on its device)."""
+    if embedder.spec.copy_embedder:
+        return embedder.spec.copy_embedder
+    # A descriptor built for copy detection (it has a published copy threshold: sscd) searches
+    # its own features everywhere.
+    if embedder.is_network and embedder.device.type == "cpu" and embedder.spec.copy_threshold is None:
+        return CPU_COPY_EMBEDDER
+    return embedder.spec.name
 
 
 def embedder_table() -> list[dict]:

@@ -63,6 +63,7 @@ class Embedder:
         device: where the network runs.
         weights_path: the weight file it was loaded from, or None (weightless).
         calls: batches embedded so far; tests count these to prove cache hits.
+        images_embedded: images embedded so far (forward passes, one per image and variant).
     """
 
     spec: EmbedderSpec
@@ -72,9 +73,15 @@ class Embedder:
         self.device = torch.device(device)
         self.weights_path = Path(weights_path) if weights_path is not None else None
         self.calls = 0
+        self.images_embedded = 0
         self._weights_sha256: str | None = None
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
         self._oom = OomSplitter(self.device, f"embedding with {spec.name}")
+
+    @property
+    def is_network(self) -> bool:
+        """True for embedders with weights (a network's forward pass), False for weightless ones."""
+        return self.spec.weights != "none"
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -124,6 +131,7 @@ class Embedder:
         On out-of-memory the batch is split and retried in smaller chunks (``OomSplitter``).
         """
         self.calls += 1
+        self.images_embedded += int(images.shape[0])
         return self._oom(self._embed_once, images)
 
     @torch.inference_mode()

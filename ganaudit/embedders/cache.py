@@ -7,7 +7,9 @@ a GPU gives other features than float32 on a CPU). Any change gives another entr
 ever invalidated in place. Layout::
 
     <cache_dir>/features/<key>/entry.json          what the key was made of, chunk size, N, D
-    <cache_dir>/features/<key>/chunk-000000.bin    rows [0, chunk_size), and so on
+    <cache_dir>/features/<key>/chunk-000000.bin    rows [0, chunk_size), and so on, while it fills
+    <cache_dir>/features/<key>/features.npy        the whole matrix, once complete
+    <cache_dir>/features/<key>/features.json       its rows, D, SHA-256 and the rows not embedded
 
 Each chunk file is ``MAGIC | SHA-256 of the payload | payload`` where the payload holds the
 chunk's features ``(rows, D)`` float32 and a ``(rows,)`` bool mask of the rows that were
@@ -15,6 +17,16 @@ embedded (unreadable images skipped with ``--skip-corrupt`` are not). Every file
 to a temporary file and moved into place with ``os.replace``, so an interrupted run leaves
 only complete chunks and resumes after the last of them. A chunk whose checksum, size or
 shape is wrong is logged, deleted and embedded again.
+
+Once every chunk is there, they are joined into ``features.npy`` (the embedded rows only, a
+plain ``.npy``), written the same way, one chunk at a time, each chunk file deleted once it
+has been copied, so the entry never takes much more disk than the matrix itself; then its
+record ``features.json``. A hit checks the record and the file's SHA-256 (read in blocks) and
+returns the matrix memory-mapped, read-only (``np.load(mmap_mode="r")``): training features
+are never read into memory as a whole, and the consumers that stream over them release the
+pages they have read (``ganaudit.features.release_pages``). A matrix whose record, size or
+checksum does not match is logged, deleted and embedded again. A run killed while joining
+leaves the chunks not yet copied; the next run embeds the deleted ones again.
 """
 from __future__ import annotations
 
@@ -32,13 +44,14 @@ import numpy as np
 import torch
 
 from ganaudit.embedders.base import Embedder
-from ganaudit.plumbing import STALE_GLOB, write_atomic
+from ganaudit.plumbing import STALE_GLOB, file_sha256, write_atomic, write_atomic_parts
 from ganaudit.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 DEFAULT_CHUNK_SIZE = 4096
+MATRIX_FILE, MATRIX_RECORD = "features.npy", "features.json"
 _MAGIC = b"GAFEAT1\n"
 _STALE_TMP_SECONDS = 3600
 
@@ -114,22 +127,28 @@ def embed_image_set(
             return feats[filled]
         key, material = cache_key(images, embedder)
         entry = _Entry(Path(cache_dir) / "features" / key, material, n, dim, chunk_size)
-        feats = np.empty((n, dim), dtype=np.float32)
-        filled = np.zeros(n, dtype=bool)
-        n_cached = n_built = 0
-        for i, rows in enumerate(entry.chunk_rows()):
-            chunk = entry.read_chunk(i, len(rows))
-            if chunk is None:
-                chunk = _embed_rows(images, embed, dim, rows, batch_size, bar)
-                entry.write_chunk(i, *chunk)
-                n_built += 1
-            else:
-                bar.update(len(rows))
-                n_cached += 1
-            feats[rows], filled[rows] = chunk
-        log.info("%s: %d chunks from the cache, %d embedded (%s)", progress_label, n_cached, n_built, entry.path)
+        hit = entry.read_matrix()
+        if hit is not None:
+            feats, filled = hit
+            bar.update(n)
+            log.info("%s: read from the cache (%s)", progress_label, entry.path)
+        else:
+            masks, n_cached, n_built = [], 0, 0
+            for i, rows in enumerate(entry.chunk_rows()):
+                chunk = entry.read_chunk(i, len(rows))
+                if chunk is None:
+                    chunk = _embed_rows(images, embed, dim, rows, batch_size, bar)
+                    entry.write_chunk(i, *chunk)
+                    n_built += 1
+                else:
+                    bar.update(len(rows))
+                    n_cached += 1
+                masks.append(chunk[1])
+            log.info("%s: %d chunks from the cache, %d embedded (%s)", progress_label, n_cached, n_built, entry.path)
+            filled = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+            feats = entry.join_chunks(images, embed, batch_size, filled)
     _forget_unreadable(images, filled)
-    return feats[filled]
+    return feats
 
 
 def _embed_rows(images, embed, dim: int, rows: np.ndarray, batch_size: int, bar) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +198,7 @@ class _Entry:
             return
         if manifest is not None:
             log.warning("embedding cache %s: manifest does not match its key; rebuilding the entry", path)
-        for old in path.glob("chunk-*.bin"):
+        for old in [*path.glob("chunk-*.bin"), path / MATRIX_RECORD, path / MATRIX_FILE]:
             old.unlink(missing_ok=True)
         self.chunk_size = chunk_size
         write_atomic(path / "entry.json", json.dumps(
@@ -196,6 +215,14 @@ class _Entry:
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("embedding cache %s: unreadable manifest; rebuilding the entry", self.path)
             return {}
+
+    def present_chunks(self) -> set[int]:
+        """The chunks this entry holds: every one once they are joined into the matrix (its
+        record written last), else those whose chunk file is there."""
+        n_chunks = len(self.chunk_rows())
+        if (self.path / MATRIX_RECORD).exists() and (self.path / MATRIX_FILE).exists():
+            return set(range(n_chunks))
+        return {i for i in range(n_chunks) if self.chunk_path(i).exists() and self.chunk_path(i).stat().st_size > 0}
 
     def chunk_rows(self) -> list[np.ndarray]:
         return [np.arange(s, min(s + self.chunk_size, self.n)) for s in range(0, self.n, self.chunk_size)]
@@ -219,6 +246,83 @@ class _Entry:
 
     def write_chunk(self, i: int, feats: np.ndarray, filled: np.ndarray) -> None:
         write_atomic(self.chunk_path(i), _encode_chunk(feats, filled))
+
+    def read_matrix(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(features memory-mapped read-only, embedded mask (N,))`` of a complete entry, or
+        None when it has none yet (or it was corrupt: then it is deleted)."""
+        matrix, record_path = self.path / MATRIX_FILE, self.path / MATRIX_RECORD
+        try:
+            record = json.loads(record_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            record = None
+        problem = None
+        try:
+            if not isinstance(record, dict):
+                problem = "unreadable record"
+            else:
+                missing = np.asarray(record["missing"], dtype=np.int64)
+                rows = int(record["rows"])
+                if rows + len(missing) != self.n or int(record["dim"]) != self.dim:
+                    problem = f"record for {rows} + {len(missing)} rows of D={record['dim']}"
+                elif file_sha256(matrix) != record["sha256"]:
+                    problem = "checksum mismatch"
+                else:
+                    feats = np.load(matrix, mmap_mode="r", allow_pickle=False)
+                    if feats.shape != (rows, self.dim) or feats.dtype != np.float32:
+                        problem = f"holds {feats.shape} {feats.dtype}"
+        except FileNotFoundError:
+            problem = "record without its matrix"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problem = str(e)
+        if problem is not None:
+            log.warning("embedding cache: %s is corrupt (%s); embedding its %d images again", matrix, problem, self.n)
+            record_path.unlink(missing_ok=True)
+            matrix.unlink(missing_ok=True)
+            return None
+        filled = np.ones(self.n, dtype=bool)
+        filled[missing] = False
+        return feats, filled
+
+    def join_chunks(self, images, embed, batch_size: int, filled: np.ndarray) -> np.ndarray:
+        """Write the complete chunks as one ``features.npy`` (embedded rows only) and its record,
+        deleting each chunk once copied; return the matrix memory-mapped.
+
+        A chunk that went missing meanwhile (another audit sharing the cache joined it first)
+        is embedded again: the same features.
+        """
+        rows = int(filled.sum())
+        if rows == 0:  # nothing was embedded: nothing to map (the chunks stay, and say so)
+            return np.zeros((0, self.dim), dtype=np.float32)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
+                                                      "fortran_order": False, "shape": (rows, self.dim)})
+
+        def parts():
+            yield header.getvalue()
+            for i, chunk_rows in enumerate(self.chunk_rows()):
+                chunk = self.read_chunk(i, len(chunk_rows))
+                if chunk is None:
+                    chunk = _embed_rows(images, embed, self.dim, chunk_rows, batch_size, _NoBar())
+                feats, mask = chunk
+                yield np.ascontiguousarray(feats[mask & filled[chunk_rows]], dtype="<f4").tobytes()
+                # Written by now (the writer asked for the next part): a run killed from here on
+                # embeds this chunk again.
+                self.chunk_path(i).unlink(missing_ok=True)
+
+        digest = write_atomic_parts(self.path / MATRIX_FILE, parts())
+        write_atomic(self.path / MATRIX_RECORD, json.dumps(
+            {"rows": rows, "dim": self.dim, "sha256": digest, "missing": np.flatnonzero(~filled).tolist()}))
+        feats = np.load(self.path / MATRIX_FILE, mmap_mode="r", allow_pickle=False)
+        if feats.shape != (rows, self.dim):
+            raise RuntimeError(f"embedding cache {self.path}: joined {feats.shape} features, expected {rows} rows")
+        return feats
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
 
 
 def _encode_chunk(feats: np.ndarray, filled: np.ndarray) -> bytes:

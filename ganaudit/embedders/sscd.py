@@ -32,6 +32,9 @@ SPEC = EmbedderSpec(
     copy_threshold=0.75,
     copy_threshold_source="facebookresearch/sscd-copy-detection README: cosine > 0.75 is a copy with 90% precision on DISC",
     weights="sscd_disc_mixup.torchscript.pt (facebookresearch/sscd-copy-detection, torch hub cache)",
+    # Trained to be invariant to flips, crops, shifts, colour and blur (its augmentations): the
+    # identity alone is searched, one forward pass per image.
+    copy_tta=(),
 )
 
 

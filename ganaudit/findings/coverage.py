@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ganaudit.config import AuditConfig
+from ganaudit.features import take_rows
 from ganaudit.findings import Evidence
 from ganaudit.metrics import coverage as cov, diversity, fid, modes
 from ganaudit.metrics.clustering import nearest_centroid
@@ -24,7 +25,7 @@ def coverage_section(evidence: Evidence, config: AuditConfig, class_logits: np.n
     real_idx = np.arange(len(train_feats))
     if len(real_idx) > config.coverage_max_real:
         real_idx = np.sort(rng.choice(len(real_idx), config.coverage_max_real, replace=False))
-    real = train_feats[real_idx]
+    real = take_rows(train_feats, real_idx)  # the subsample in memory; a memory map read span by span
     n_real, n_gen, k = len(real), len(gen_feats), config.nearest_k
     # What each figure needs (training and generated rows); a figure short of it is null, with the reason.
     needs = {"prdc": (k + 1, k + 1), "fd": (2, 2), "kd": (2, 2), "duplicate_fraction": (2, 2)}
@@ -51,7 +52,7 @@ def coverage_section(evidence: Evidence, config: AuditConfig, class_logits: np.n
     if not_computed:
         out["not_computed"] = not_computed
     out.update(_inception_score(class_logits, config.embedder))
-    out["modes"], gen_labels = _modes(train, train_feats, gen_feats, config)
+    out["modes"], gen_labels = _modes(train, train_feats, gen_feats, config, evidence.reference.features)
     out.update(_diversity(real, gen_feats, gen_labels, out["modes"], dup_threshold, config))
     return out
 
@@ -70,7 +71,8 @@ def _diversity(real, gen_feats, gen_labels, modes_summary: dict, dup_threshold: 
     rng = np.random.default_rng(config.seed + 1)
     real_same_size = real[rng.choice(len(real), min(len(real), len(gen_feats)), replace=False)]
     names = [row["name"] for row in modes_summary["per_mode"]]
-    per_mode = diversity.vendi_per_mode(gen_feats, gen_labels) if len(gen_feats) > 1 else {}
+    assigned = gen_labels != modes.UNASSIGNED  # unassigned samples belong to no mode's Vendi score
+    per_mode = diversity.vendi_per_mode(gen_feats[assigned], gen_labels[assigned]) if assigned.sum() > 1 else {}
     return {
         "vendi": diversity.vendi_score(gen_feats),
         "vendi_train": diversity.vendi_score(real_same_size),
@@ -80,18 +82,33 @@ def _diversity(real, gen_feats, gen_labels, modes_summary: dict, dup_threshold: 
     }
 
 
-def _modes(train, train_feats, gen_feats, config: AuditConfig) -> tuple[dict, np.ndarray]:
+def _modes(train, train_feats, gen_feats, config: AuditConfig, holdout_feats=None) -> tuple[dict, np.ndarray]:
+    """Modes and how the samples spread over them, counted from confident assignments only.
+
+    With class labels, the reference of the confidence rule is leave-one-out training images
+    (the holdout's labels are not carried to the findings, and its class folders need not
+    match the training set's). With k-means modes, a holdout's features are labelled by their
+    nearest centroid and used as the reference; without a holdout, leave-one-out training images.
+    """
     if train.labels is not None and config.modes is None:
         source, names, train_labels = "labels", train.class_names, train.labels
-        gen_labels = modes.knn_vote_labels(train_feats, train_labels, gen_feats, k=config.nearest_k)
+        reference = {}
     else:
         source = "kmeans"
         train_labels, centroids = modes.kmeans_modes(train_feats, n_modes=config.modes, seed=config.seed)
-        gen_labels = nearest_centroid(gen_feats, centroids)
         names = [f"cluster {i}" for i in range(len(centroids))]
+        reference = ({} if holdout_feats is None else
+                     {"reference_features": holdout_feats,
+                      "reference_labels": nearest_centroid(holdout_feats, centroids)})
+    gen_labels, assignment = modes.confident_modes(
+        train_feats, train_labels, gen_feats, len(names), k=min(config.nearest_k, len(train_feats)),
+        min_share_ratio=config.mode_min_share_ratio, seed=config.seed, **reference)
     summary = modes.mode_coverage(train_labels, gen_labels, len(names), names=names,
                                   min_share_ratio=config.mode_min_share_ratio)
     for row in summary["per_mode"]:
         members = np.flatnonzero(train_labels == row["mode"])[:4]
         row["examples"] = [{"train_index": int(t), "train_path": train.describe(int(t))["path"]} for t in members]
-    return {"source": source, "min_share_ratio": config.mode_min_share_ratio, **summary}, gen_labels
+    n = len(gen_labels)
+    summary["unassigned_fraction"] = summary["n_unassigned"] / n if n else 0.0
+    return {"source": source, "min_share_ratio": config.mode_min_share_ratio, **summary,
+            "assignment": assignment}, gen_labels

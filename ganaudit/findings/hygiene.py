@@ -51,6 +51,7 @@ def hygiene_section(train, holdout, searched_reference, counts: dict, groups: hy
         "train_duplicates": {
             "n_groups": len(groups.groups),
             "n_images": groups.n_images,
+            "n_searched": groups.n_searched,
             "groups": [{"size": len(g), "members": [{"train_index": int(t), "train_path": train.describe(int(t))["path"]}
                                                    for t in g]} for g in listed],
             "groups_truncated": len(groups.groups) > len(listed),

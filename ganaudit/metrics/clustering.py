@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.features import as_features, check_count, check_same_dim
+from ganaudit.features import as_features, block_rows, check_count, check_same_dim, release_pages, take_rows
 from ganaudit.search.index import faiss_seed, knn
 
 KMEANS_ITERATIONS = 25
+# Rows per centroid k-means is fitted on (FAISS' own max_points_per_centroid): a larger set is
+# subsampled, seeded, before seeding and fitting, so memory and time do not grow with N.
+MAX_POINTS_PER_CENTROID = 256
+ASSIGN_BLOCK = 65_536  # rows assigned to centroids at a time
 INITS = ("faiss", "k-means++")
 
 
@@ -40,6 +44,7 @@ def kmeans_centroids(x: np.ndarray, n_clusters: int, seed: int = 0, init: str = 
         raise ValueError(f"n_clusters must be in [1, {x.shape[0]}] (the sample count), got {n_clusters}")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    x = fit_sample(x, n_clusters, seed)
 
     def new_kmeans(faiss_seed: int):
         # min_points_per_centroid=1: FAISS warns on stderr below 39 points per centroid; small cells are fine here.
@@ -73,8 +78,22 @@ def nearest_centroid(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     features = as_features(features, "features")
     centroids = as_features(centroids, "centroids")
     check_same_dim(features=features, centroids=centroids)
-    _, idx = knn(centroids, features, k=1)
-    return idx[:, 0]
+    out = np.empty(features.shape[0], dtype=np.int64)
+    rows = block_rows(features.shape[1], ASSIGN_BLOCK)  # a memory-mapped matrix: one block (RESIDENT_BLOCK_BYTES) resident
+    for start in range(0, features.shape[0], rows):
+        out[start : start + rows] = knn(centroids, features[start : start + rows], k=1)[1][:, 0]
+        release_pages(features)
+    return out
+
+
+def fit_sample(x: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """``x``, or a seeded subsample of ``MAX_POINTS_PER_CENTROID × n_clusters`` of its rows
+    (in their order) when it has more: what k-means is fitted on."""
+    limit = MAX_POINTS_PER_CENTROID * n_clusters
+    if x.shape[0] <= limit:
+        return x
+    rows = np.sort(np.random.default_rng([seed, n_clusters]).choice(x.shape[0], limit, replace=False))
+    return take_rows(x, rows)
 
 
 def _kmeans_plus_plus(x: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:

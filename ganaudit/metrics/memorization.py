@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.features import as_features, check_count, check_same_dim
-from ganaudit.search.index import knn
+from ganaudit.features import as_features, check_count, check_same_dim, take_rows
+from ganaudit.search.index import FlatIndex, knn
 from ganaudit.metrics.clustering import kmeans_centroids, nearest_centroid
 from ganaudit.metrics.copy_stats import mann_whitney_u, rank_auc
 
@@ -36,6 +36,36 @@ def _mann_whitney_z(generated: np.ndarray, holdout: np.ndarray) -> float:
     return float((u - m * n / 2.0 + 0.5) / np.sqrt(m * n * (m + n + 1) / 12.0))
 
 
+def within_cell_nearest_distances(
+    train: np.ndarray, train_cells: np.ndarray, queries: np.ndarray, query_cells: np.ndarray
+) -> np.ndarray:
+    """Distance of each query to its nearest training point in the query's own cell.
+
+    This is L(x) of Meehan et al.'s code (``Zu`` fits a nearest-neighbour model on the
+    training points of one cell and queries it with that cell's samples). One blockwise FAISS
+    search per cell: no query-by-training matrix is built.
+
+    Args:
+        train: ``(N, D)`` float32 training features.
+        train_cells: ``(N,)`` integer cell of each training point.
+        queries: ``(M, D)`` float32 features.
+        query_cells: ``(M,)`` integer cell of each query.
+
+    Returns:
+        ``(M,)`` float64 Euclidean distances; NaN for a query whose cell holds no training point.
+    """
+    train_cells, query_cells = np.asarray(train_cells), np.asarray(query_cells)
+    if train_cells.shape != (train.shape[0],) or query_cells.shape != (queries.shape[0],):
+        raise ValueError("each feature array needs one cell label per row")
+    out = np.full(queries.shape[0], np.nan)
+    for cell in np.unique(query_cells):
+        members = np.flatnonzero(train_cells == cell)
+        if members.size:
+            rows = query_cells == cell
+            out[rows] = _nearest_distance(train[members], queries[rows])[0]
+    return out
+
+
 def ct_statistic_from_cells(
     holdout_dist: np.ndarray,
     holdout_cells: np.ndarray,
@@ -46,7 +76,8 @@ def ct_statistic_from_cells(
     """C_T from nearest-training distances and cell labels (the part after the partition).
 
     Args:
-        holdout_dist: ``(n,)`` distance of each held-out sample to its nearest training point.
+        holdout_dist: ``(n,)`` distance of each held-out sample to its nearest training point
+            in its own cell (:func:`within_cell_nearest_distances`), as the reference code does.
         holdout_cells: ``(n,)`` integer cell of each held-out sample.
         generated_dist: ``(m,)`` the same for the generated samples.
         generated_cells: ``(m,)`` integer cell of each generated sample.
@@ -54,7 +85,10 @@ def ct_statistic_from_cells(
             paper's tau = ``min_generated / m``; 20 as in the authors' experiments).
 
     Returns:
-        The held-out-share-weighted mean of the per-cell Z-scores over the kept cells.
+        The held-out-share-weighted mean of the per-cell Z-scores over the kept cells (the
+        weights are each kept cell's share of all held-out samples, renormalised over the
+        kept cells, as ``C_T`` in the reference code). A kept cell without held-out samples
+        has weight 0 (the reference code refuses such a partition; its weight would be 0).
     """
     hd, gd = np.asarray(holdout_dist, np.float64), np.asarray(generated_dist, np.float64)
     hc, gc = np.asarray(holdout_cells), np.asarray(generated_cells)
@@ -66,7 +100,10 @@ def ct_statistic_from_cells(
     for cell in cells[gen_counts > min_generated]:
         in_holdout = hc == cell
         if in_holdout.any():  # a cell without held-out samples has weight 0
-            z_scores.append(_mann_whitney_z(gd[gc == cell], hd[in_holdout]))
+            h, g = hd[in_holdout], gd[gc == cell]
+            if np.isnan(h).any() or np.isnan(g).any():
+                raise ValueError(f"cell {cell} holds no training point: use fewer cells")
+            z_scores.append(_mann_whitney_z(g, h))
             weights.append(in_holdout.mean())
     if not weights:
         raise ValueError(
@@ -86,10 +123,12 @@ def ct_statistic(
 ) -> float:
     """C_T data-copying statistic (Meehan, Chaudhuri & Dasgupta, AISTATS 2020).
 
-    Cells come from k-means on the training features; in each cell the distances to the
-    nearest training point (over the whole training set) of held-out and of generated
-    samples are compared by a Mann–Whitney Z-score, and the Z-scores are averaged with
-    weights equal to each cell's share of the held-out samples.
+    As the authors' ``data_copying_tests.py`` computes it: cells come from k-means on the
+    training features; each training, held-out and generated point belongs to the cell of
+    its nearest centroid; in each cell, the distances of held-out and of generated samples
+    to their nearest training point *in the same cell* are compared by a Mann–Whitney
+    Z-score, and the Z-scores of the cells holding more than ``min_generated`` generated
+    samples are averaged with weights equal to each cell's share of the held-out samples.
 
     Args:
         train: ``(N, D)`` float32 training features.
@@ -108,13 +147,14 @@ def ct_statistic(
     generated = as_features(generated, "generated")
     check_same_dim(train=train, holdout=holdout, generated=generated)
     centroids = kmeans_centroids(train, n_cells, seed=seed, init="faiss")
-    holdout_dist = _nearest_distance(train, holdout)[0]
-    generated_dist = _nearest_distance(train, generated)[0]
+    train_cells = nearest_centroid(train, centroids)
+    holdout_cells = nearest_centroid(holdout, centroids)
+    generated_cells = nearest_centroid(generated, centroids)
     return ct_statistic_from_cells(
-        holdout_dist,
-        nearest_centroid(holdout, centroids),
-        generated_dist,
-        nearest_centroid(generated, centroids),
+        within_cell_nearest_distances(train, train_cells, holdout, holdout_cells),
+        holdout_cells,
+        within_cell_nearest_distances(train, train_cells, generated, generated_cells),
+        generated_cells,
         min_generated=min_generated,
     )
 
@@ -142,12 +182,16 @@ def authentic_mask(
     check_same_dim(train=train, generated=generated)
     if train.shape[0] < 2:
         raise ValueError("authenticity needs at least 2 training samples")
+    dist, nearest = _nearest_distance(train, generated)
     if train_nn_dist is None:
-        train_nn_dist = knn(train, train, k=1, exclude_self=True)[0][:, 0]
+        # Only the matched training points' own balls are needed: a leave-one-out search of
+        # those M rows, not of all N (which would cost N x N).
+        matched = np.unique(nearest)
+        own = FlatIndex(train).search(take_rows(train, matched), 1, exclude=matched)[0][:, 0]
+        return dist > own[np.searchsorted(matched, nearest)]
     train_nn_dist = np.asarray(train_nn_dist, dtype=np.float32)
     if train_nn_dist.shape != (train.shape[0],):
         raise ValueError(f"train_nn_dist must have shape ({train.shape[0]},)")
-    dist, nearest = _nearest_distance(train, generated)
     return dist > train_nn_dist[nearest]
 
 
@@ -172,26 +216,23 @@ def mia_auc(
 
     Each training and held-out sample is scored by its distance to the nearest generated
     sample (closer = more likely a member); the AUC measures how well that tells training
-    from held-out samples. The larger of the two sets is subsampled (seeded, without
-    replacement) to the size of the smaller so both classes weigh the same.
+    from held-out samples. Every training and every held-out sample is scored: an ROC AUC is
+    the probability that a random member scores above a random non-member, which needs no
+    balance between the two classes (it is ``sklearn.metrics.roc_auc_score`` of the scores).
 
     Args:
         train: ``(N, D)`` float32 training features (members).
         holdout: ``(n, D)`` float32 held-out features (non-members).
         generated: ``(m, D)`` float32 generated features.
-        seed: seed of the subsampling.
+        seed: unused (the AUC takes no sample); kept so that existing calls still work.
 
     Returns:
         ROC AUC in [0, 1]: 0.5 = no leak, near 1 = the generator reveals its training set.
     """
+    del seed  # nothing random left: every training and held-out sample is scored
     train, holdout = as_features(train, "train"), as_features(holdout, "holdout")
     generated = as_features(generated, "generated")
     check_same_dim(train=train, holdout=holdout, generated=generated)
-    rng = np.random.default_rng(seed)
-    size = min(train.shape[0], holdout.shape[0])
-    members = train[np.sort(rng.choice(train.shape[0], size, replace=False))]
-    others = holdout[np.sort(rng.choice(holdout.shape[0], size, replace=False))]
-    member_dist = _nearest_distance(generated, members)[0]
-    other_dist = _nearest_distance(generated, others)[0]
+    member_dist = _nearest_distance(generated, train)[0]
+    other_dist = _nearest_distance(generated, holdout)[0]
     return rank_auc(-member_dist, -other_dist)  # members are the positives: closer scores higher
-

@@ -43,6 +43,13 @@ def _search_words(mem: dict) -> str:
     return f"  search    {copy.get('name', '?')}, augmentations {','.join(tta)} ({n} variants per image)"
 
 
+def _unassigned_words(modes: dict, n_samples: int) -> str:
+    """How many samples count towards no mode (results from before issue 16 lack the field)."""
+    if "n_unassigned" not in modes:
+        return ""
+    return f"; {modes['n_unassigned']} of {n_samples} samples unassigned (no confident mode)"
+
+
 def _figure_lines(result: dict) -> list[str]:
     """One line per result section of the catalog's summary figures."""
     sections: dict[str, list[str]] = {}
@@ -79,7 +86,8 @@ def render_summary(result, config) -> str:
         _search_words(mem),
         f"  modes     from {modes['source']}"
         + (f"; missing: {', '.join(map(str, modes['missing'][:6]))}{' …' if len(modes['missing']) > 6 else ''}"
-           if modes["missing"] else "; none missing"),
+           if modes["missing"] else "; none missing")
+        + _unassigned_words(modes, mem["n_samples"]),
     ]
     regions = mem.get("regions")
     if regions:

@@ -39,6 +39,8 @@ def train_image_hashes(images, indices) -> dict[int, str]:
     wanted = sorted({int(i) for i in indices})
     if not wanted:
         return {}
+    if hasattr(images, "member_sha256"):  # WebDataset / Parquet: the member's encoded bytes
+        return {i: images.member_sha256(i) for i in wanted}
     if images.paths is not None:
         return {i: file_sha256(Path(images.location) / images.paths[i]) for i in wanted}
     from ganaudit.sources.arrays import open_array_file

@@ -122,8 +122,10 @@ def reference_scores(train, holdout, searcher: CopySearcher, seed: int, calibrat
     rng = np.random.default_rng(seed)
     n = min(len(train), calibration_max)
     chosen = np.sort(rng.choice(len(train), size=n, replace=False))
+    # Only the matches are kept: the audit's embedder (when it is not the copy embedder) is not
+    # run on these training images again.
     searched = search_source(train.subset(chosen), searcher, batch_size, "calibrating on train", progress,
-                             exclude_of=chosen)
+                             exclude_of=chosen, features=False)
     return Reference(searched.matches, None, {"method": "train-leave-one-out", "n_reference": n},
                      np.full(n, "train"), chosen, searched.contrast)
 

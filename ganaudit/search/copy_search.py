@@ -89,43 +89,54 @@ class CopySearcher:
         if self.k < 1:
             raise ValueError("the training set needs at least 3 images")
 
-    def __call__(self, images: torch.Tensor, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, Matches]:
+    def __call__(self, images: torch.Tensor, exclude: np.ndarray | None = None,
+                 features: bool = True) -> tuple[np.ndarray, np.ndarray, Matches]:
         """Embed and search one batch.
 
         Args:
             images: ``(B, 3, H, W)`` float in [0, 1].
             exclude: optional ``(B,)`` training indices the images themselves are (leave-one-out
                 calibration on the training set).
+            features: also embed the batch with the audit's embedder when it is not the copy
+                embedder (False: those features are not needed, and ``(B, 0)`` is returned).
 
         Returns:
             ``(features (B, D) of the audit's embedder, copy features (B, D') of the identity
             variant, Matches)``, features float32.
         """
-        best, copy_feats, names, pending = None, None, [], []
-        self._family_best: dict[str, np.ndarray] = {}
-        for name, view in variants(images, self.augmentations):
-            feats = self.copy_embedder.embed(view)
-            if copy_feats is None:
-                copy_feats = feats
-            names.append(name)
-            pending.append(feats)
-            if len(pending) * len(feats) >= SEARCH_GROUP:
-                best = self._search_group(pending, exclude, names, len(names) - len(pending), best)
-                pending = []
-        if pending:
-            best = self._search_group(pending, exclude, names, len(names) - len(pending), best)
+        names, variant_feats, features = embed_variants(images, self.augmentations, self.copy_embedder,
+                                                        self.embedder, features=features)
         if "zoom" in self.augmentations and not any(n.startswith("zoom") for n in names) and not self._warned:
             self._warned = True
             log.warning("images of %dx%d px are too small to zoom out; copy search skips the zoom variants",
                         *images.shape[-2:])
-        best.names = names
-        best.families = list(self._family_best)
-        best.family_score = np.stack([self._family_best[f] for f in best.families], axis=1)
-        features = copy_feats if self.embedder is self.copy_embedder else self.embedder.embed(images)
-        return features, copy_feats, best
+        return features, variant_feats[0], self.search_embedded(names, variant_feats, exclude)
+
+    def search_embedded(self, names: list[str], variant_feats: list[np.ndarray],
+                        exclude: np.ndarray | None = None) -> Matches:
+        """The search half of a call: ``Matches`` of a batch whose variants are already embedded.
+
+        Args:
+            names, variant_feats: what :func:`embed_variants` returns (one ``(B, D')`` array
+                per variant, the identity first), wherever it ran.
+            exclude: as for ``__call__``.
+        """
+        best, pending, family_best = None, [], {}
+        for j, feats in enumerate(variant_feats):
+            pending.append(feats)
+            if len(pending) * len(feats) >= SEARCH_GROUP:
+                best = self._search_group(pending, exclude, names, j + 1 - len(pending), best, family_best)
+                pending = []
+        if pending:
+            best = self._search_group(pending, exclude, names, len(variant_feats) - len(pending), best,
+                                      family_best)
+        best.names = list(names)
+        best.families = list(family_best)
+        best.family_score = np.stack([family_best[f] for f in best.families], axis=1)
+        return best
 
     def _search_group(self, group: list[np.ndarray], exclude: np.ndarray | None, names: list[str], first: int,
-                      best: Matches | None) -> Matches:
+                      best: Matches | None, family_best: dict[str, np.ndarray]) -> Matches:
         """Search several variants' features in one call (``names[first:]``); fold each into
         ``best`` and into its family's best score."""
         n = len(group[0])
@@ -135,10 +146,31 @@ class CopySearcher:
             rows = slice(j * n, (j + 1) * n)
             current = matches_from_search(raw[rows], idx[rows], self.index.metric, first + j)
             fam = family(names[first + j])
-            held = self._family_best.get(fam)
-            self._family_best[fam] = current.score.copy() if held is None else np.minimum(held, current.score)
+            held = family_best.get(fam)
+            family_best[fam] = current.score.copy() if held is None else np.minimum(held, current.score)
             best = current if best is None else _keep_best(best, current, self.rank_by)
         return best
+
+
+def embed_variants(images: torch.Tensor, augmentations: tuple[str, ...], copy_embedder: Embedder,
+                   embedder: Embedder | None = None, features: bool = True
+                   ) -> tuple[list[str], list[np.ndarray], np.ndarray]:
+    """The embedding half of a copy search: every test-time variant of a batch, embedded.
+
+    Returns:
+        ``(names, variant features, features)``: the variant names (the identity first), one
+        ``(B, D')`` float32 array of copy features per variant, and the ``(B, D)`` features
+        under the audit's ``embedder`` (the identity variant's when it is the copy embedder).
+    """
+    names, feats = [], []
+    for name, view in variants(images, augmentations):
+        names.append(name)
+        feats.append(copy_embedder.embed(view))
+    if embedder is None or embedder is copy_embedder:
+        out = feats[0]
+    else:  # features=False: the caller needs no features under the audit's embedder
+        out = embedder.embed(images) if features else np.empty((len(images), 0), np.float32)
+    return names, feats, out
 
 
 def matches_from_search(raw: np.ndarray, idx: np.ndarray, metric: str, augmentation: int = 0) -> Matches:
@@ -194,7 +226,8 @@ class SearchedSet:
 
 
 def search_source(source, searcher: CopySearcher, batch_size: int, label: str, progress: bool | None,
-                  exclude_of: np.ndarray | None = None, keep_copy_features: int = 0) -> SearchedSet:
+                  exclude_of: np.ndarray | None = None, keep_copy_features: int = 0,
+                  features: bool = True) -> SearchedSet:
     """Embed and search every batch of an image source (``ganaudit.sources.ImageSource``).
 
     Args:
@@ -204,6 +237,8 @@ def search_source(source, searcher: CopySearcher, batch_size: int, label: str, p
         label, progress: the progress bar's label; whether to show it (None: on a terminal).
         exclude_of: ``(N,)`` training index each image of ``source`` itself is (leave-one-out).
         keep_copy_features: also keep the copy features of the first this many images.
+        features: keep the audit embedder's features (False: ``features`` is ``(N, 0)`` and an
+            audit embedder other than the copy embedder is not run at all).
     """
     from ganaudit.search.hygiene import rms_contrast
 
@@ -212,7 +247,7 @@ def search_source(source, searcher: CopySearcher, batch_size: int, label: str, p
     with progress_bar(len(source), label, progress) as bar:
         for indices, batch in source.batches(batch_size):
             exclude = None if exclude_of is None else exclude_of[indices]
-            f, c, m = searcher(batch, exclude=exclude)
+            f, c, m = searcher(batch, exclude=exclude, features=features)
             feats.append(f)
             if kept < keep_copy_features:
                 copy_feats.append(c[: keep_copy_features - kept])

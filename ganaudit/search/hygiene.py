@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ganaudit.embedders.base import Embedder, EmbedderSpec
+from ganaudit.features import take_rows
 
 DUPLICATE_SCORE = 0.05
 EXACT_DISTANCE = 0.01  # unit-norm descriptors this close (cosine >= 0.99995) are the same image up to rounding
@@ -54,6 +55,9 @@ MAX_PAIRS = 50  # near-duplicate pairs listed in the result (all are counted)
 MAX_GROUPS = 50  # training duplicate groups listed
 MAX_RUN = 20  # duplicates looked for per training image
 SEARCH_BLOCK = 4096  # training images searched per call
+# Training images searched for duplicates at most (a seeded subset past it): each is searched
+# against the whole set, so the cost stays linear in the training set's size (N × this, never N × N).
+MAX_DUPLICATE_QUERIES = 20_000
 
 CONTRAST_SPEC = EmbedderSpec(name="rms-contrast", dim=1, input_size=CONTRAST_SIZE)
 
@@ -108,6 +112,7 @@ class DuplicateGroups:
     """Duplicate groups of the training set: each a sorted list of training indices, largest first."""
 
     groups: list[list[int]]
+    n_searched: int = 0  # training images searched for their duplicates (all, up to MAX_DUPLICATE_QUERIES)
 
     @property
     def n_images(self) -> int:
@@ -115,7 +120,8 @@ class DuplicateGroups:
 
 
 def train_duplicate_groups(index, train_copy_feats: np.ndarray, informative: np.ndarray, copy_k: int,
-                           published_similarity: float | None = None) -> DuplicateGroups:
+                           published_similarity: float | None = None, seed: int = 0,
+                           max_queries: int = MAX_DUPLICATE_QUERIES) -> DuplicateGroups:
     """Groups of training images linked by the near-duplicate criterion (module docstring).
 
     Args:
@@ -124,6 +130,8 @@ def train_duplicate_groups(index, train_copy_feats: np.ndarray, informative: np.
         informative: ``(N,)`` bool, False for low-information images (never grouped).
         copy_k: the neighbours the relative score runs over.
         published_similarity: the copy embedder's published cosine threshold, if any.
+        seed, max_queries: past ``max_queries`` training images, a seeded subset of that many
+            is searched (each against the whole set); groups are those their searches link.
     """
     from ganaudit.metrics.copy_stats import cosine_to_distance
     from ganaudit.review.evidence import duplicate_run
@@ -141,9 +149,11 @@ def train_duplicate_groups(index, train_copy_feats: np.ndarray, informative: np.
         return DuplicateGroups([])
     k = max(1, min(copy_k, n - 2))
     n_search = min(MAX_RUN + k, n - 1)
-    for start in range(0, n, SEARCH_BLOCK):
-        rows = np.arange(start, min(n, start + SEARCH_BLOCK))
-        raw, idx = index.search(train_copy_feats[rows], n_search, exclude=rows)
+    queries = (np.arange(n) if n <= max_queries
+               else np.sort(np.random.default_rng([seed, 17]).choice(n, max_queries, replace=False)))
+    for start in range(0, len(queries), SEARCH_BLOCK):
+        rows = queries[start:start + SEARCH_BLOCK]
+        raw, idx = index.search(take_rows(train_copy_feats, rows), n_search, exclude=rows)
         dist = cosine_to_distance(raw) if index.metric == "ip" else raw.astype(np.float64)
         sims = raw if index.metric == "ip" else None
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -168,11 +178,16 @@ def train_duplicate_groups(index, train_copy_feats: np.ndarray, informative: np.
                     a, b = find(int(rows[r])), find(int(other))
                     if a != b:
                         parent[max(a, b)] = min(a, b)
-    roots = np.array([find(i) for i in range(n)])
-    sizes = np.bincount(roots, minlength=n)
-    groups = [sorted(np.flatnonzero(roots == r).tolist()) for r in np.flatnonzero(sizes > 1)]
+    linked = np.flatnonzero(parent != np.arange(n))  # only these and their roots can be in a group
+    members = np.unique(np.concatenate([linked, [find(int(i)) for i in linked]])).astype(np.int64)
+    roots = np.array([find(int(i)) for i in members], dtype=np.int64)
+    order = np.lexsort((members, roots))
+    members, roots = members[order], roots[order]
+    starts = np.flatnonzero(np.r_[True, roots[1:] != roots[:-1]]) if len(roots) else np.array([], int)
+    groups = [g.tolist() for g in np.split(members, starts[1:])] if len(roots) else []
+    groups = [g for g in groups if len(g) > 1]
     groups.sort(key=lambda g: (-len(g), g[0]))
-    return DuplicateGroups(groups)
+    return DuplicateGroups(groups, n_searched=len(queries))
 
 
 def reference_pairs(reference, keep_dup: np.ndarray, describe_reference, describe_train) -> list[dict]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ganaudit.features import as_features
+from ganaudit.features import as_features, block_rows, is_mapped, release_pages
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +95,58 @@ class SearchIndex:
 
 
 class FlatIndex(SearchIndex):
-    """An exact FAISS index over a feature array, split into blocks that are built once.
+    """An exact search over a feature array, one block of rows at a time.
 
-    Querying merges the blocks' results in a heap, so no block's search ever allocates more
-    than ``queries × block_size`` distances, and repeated searches (one batch of generated
-    samples at a time) do not copy the database again.
+    On the CPU nothing is copied: each search walks the caller's array (a memory-mapped
+    cache file, typically) in blocks of ``block_size`` rows with ``faiss.knn`` (the function
+    ``IndexFlat.search`` calls, so the results are the same) and merges the blocks' results in
+    a heap; the pages of a memory-mapped array are released after each block, so a search
+    holds about one block resident, never the whole matrix. On a GPU the blocks are copied to
+    the device once, when the index is built, and stay there.
     """
 
     kind = "flat"
-    cached = False  # a flat index is a copy of its features: never read from a file
+    cached = False  # a flat index is its features: never read from a file
 
     def __init__(self, database: np.ndarray, metric: str = "l2", block_size: int = DEFAULT_BLOCK_SIZE,
                  gpu: int | None = None):
         database = as_features(database, "database")
         super().__init__(metric, database.shape[0], database.shape[1], gpu)
-        self._blocks = list(flat_blocks(database, metric, block_size, gpu, self.gpu_resources))
+        self.block_size = int(block_size)
+        if gpu is None:
+            self._database, self._blocks = database, None
+        else:
+            self._database = None
+            self._blocks = list(flat_blocks(database, metric, block_size, gpu, self.gpu_resources))
+            release_pages(database)
 
     def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return merge_block_results(self._blocks, queries, k, keep_max=self.metric == "ip")
+        if self._blocks is not None:
+            return merge_block_results(self._blocks, queries, k, keep_max=self.metric == "ip")
+        return streamed_knn(self._database, queries, k, self.metric, self.block_size)
+
+
+def streamed_knn(database: np.ndarray, queries: np.ndarray, k: int, metric: str,
+                 block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, k)`` squared L2 distances (or inner products) and rows, best first, of ``queries``
+    against ``database`` read block by block in place (no copy of the database is made).
+
+    Both are C-contiguous float32. A memory-mapped database has its pages released after each
+    block.
+    """
+    import faiss
+
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    heap = faiss.ResultHeap(queries.shape[0], k, keep_max=metric == "ip")
+    if is_mapped(database):  # a block's pages stay resident until it is searched: keep it small
+        block_size = block_rows(database.shape[1], block_size)
+    for start in range(0, database.shape[0], block_size):
+        block = database[start : start + block_size]
+        dist, idx = faiss.knn(queries, block, min(k, block.shape[0]), metric=faiss_metric)
+        heap.add_result(dist, idx + start)
+        release_pages(database)
+    heap.finalize()
+    return heap.D, heap.I
 
 
 def flat_blocks(database: np.ndarray, metric: str, block_size: int, gpu: int | None, resources):

@@ -256,7 +256,8 @@ def _to_rgb(im, size: tuple[int, int] | None):
 
 
 def open_image_set(location: Path | str, what: str = "--train", skip_corrupt: bool = False) -> ImageSet:
-    """Open a folder of images or a ``.npz``/``.npy`` array file.
+    """Open a folder of images, a ``.npz``/``.npy`` array file, or WebDataset/Parquet containers
+    (``sources/containers.py``).
 
     Args:
         location: folder (recursive; ImageFolder layout gives labels) or array file.
@@ -266,15 +267,20 @@ def open_image_set(location: Path | str, what: str = "--train", skip_corrupt: bo
     Raises:
         GanauditError: missing path, no images, unreadable or malformed files.
     """
+    from ganaudit.sources.containers import is_container, open_container
+
     location = Path(location)
     if not location.exists():
         raise GanauditError(f"{what} {location}: no such file or directory")
+    if is_container(location):  # WebDataset .tar shards, Parquet with image bytes
+        return open_container(location, what, skip_corrupt)
     if location.is_dir():
         return _open_folder(location, what, skip_corrupt)
     if location.suffix.lower() in (".npz", ".npy"):
         return _open_array(location, what)
     kind = "an image" if location.suffix.lower() in IMAGE_EXTENSIONS else f"a {location.suffix or 'plain'} file"
-    raise GanauditError(f"{what} {location}: expected a folder of images or a .npz/.npy file, got {kind}")
+    raise GanauditError(f"{what} {location}: expected a folder of images, a .npz/.npy, .tar (WebDataset) or "
+                        f".parquet file, got {kind}")
 
 
 def _open_folder(location: Path, what: str, skip_corrupt: bool) -> ImageSet:

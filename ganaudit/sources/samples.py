@@ -37,7 +37,12 @@ class GeneratorSamples:
         """Yield ``(indices, images)``; on out of memory a batch is generated in smaller chunks."""
         for start in range(0, self.num_samples, batch_size):
             indices = np.arange(start, min(start + batch_size, self.num_samples))
-            yield indices, self._splitter(self._sample, indices)
+            yield indices, self.images(indices)
+
+    def images(self, indices: np.ndarray) -> torch.Tensor:
+        """Samples ``indices`` (each from latent seed ``[seed, i]``, whichever process draws it),
+        in smaller chunks on out of memory."""
+        return self._splitter(self._sample, np.asarray(indices, dtype=np.int64))
 
     def _sample(self, indices: np.ndarray) -> torch.Tensor:
         return self.generator.sample(indices, self.seed)

@@ -1,0 +1,86 @@
+"""Memory that stays flat: searches and passes over a memory-mapped feature matrix hold about
+one block of it resident, and give what the same computation in memory gives."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ganaudit.features as features_module
+from ganaudit.metrics.clustering import nearest_centroid
+from ganaudit.metrics.memorization import authentic_mask
+from ganaudit.search.index import FlatIndex
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.maximum((a**2).sum(1)[:, None] - 2 * a @ b.T + (b**2).sum(1)[None], 0.0)
+
+
+@pytest.fixture
+def mapped(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16_384, 1024), dtype=np.float32)  # 64 MiB
+    x[100] = x[7]  # an exact duplicate: leave-one-out must still find distance 0
+    path = tmp_path / "features.npy"
+    np.save(path, x)
+    return x, np.load(path, mmap_mode="r")
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_search_over_a_memory_map_equals_search_in_memory(mapped, metric):
+    x, mm = mapped
+    q = np.random.default_rng(1).standard_normal((37, 1024), dtype=np.float32)
+    d_mem, i_mem = FlatIndex(x, metric, block_size=5000).search(q, 5)
+    d_map, i_map = FlatIndex(mm, metric, block_size=5000).search(q, 5)
+    np.testing.assert_array_equal(i_map, i_mem)
+    np.testing.assert_allclose(d_map, d_mem, rtol=1e-6)
+    score = q @ x.T if metric == "ip" else -_sq_dist(q, x)
+    np.testing.assert_array_equal(i_mem[:, 0], np.argmax(score, axis=1))  # numpy, brute force
+
+
+def test_a_search_holds_about_one_block_of_a_memory_map(mapped, monkeypatch):
+    x, mm = mapped
+    if not _reset_peak():
+        pytest.skip("/proc/self/clear_refs cannot be written here")
+    monkeypatch.setattr(features_module, "RESIDENT_BLOCK_BYTES", 2 << 20)  # 2 MiB blocks
+    q = np.random.default_rng(1).standard_normal((64, 1024), dtype=np.float32)
+    index = FlatIndex(mm, "l2")
+    del x
+    _reset_peak()
+    before = _status_kib("VmRSS")
+    index.search(q, 3)
+    labels = nearest_centroid(mm, q[:4])
+    grown_mib = (_status_kib("VmHWM") - before) / 1024
+    assert grown_mib < 24, f"peak grew by {grown_mib:.0f} MiB over a 64 MiB memory map"
+    assert labels.shape == (mm.shape[0],)
+
+
+def test_authenticity_needs_only_the_matched_rows_and_agrees_with_brute_force(mapped):
+    x, mm = mapped
+    train = mm[:3000]
+    rng = np.random.default_rng(2)
+    gen = np.concatenate([x[[7, 11, 12]] + 1e-4, rng.standard_normal((20, 1024), dtype=np.float32)])
+    d = np.sqrt(_sq_dist(gen, x[:3000]))
+    nearest = d.argmin(1)
+    own = np.sqrt(_sq_dist(x[:3000], x[:3000]))
+    np.fill_diagonal(own, np.inf)
+    expected = d[np.arange(len(gen)), nearest] > own.min(1)[nearest]
+    np.testing.assert_array_equal(authentic_mask(train, gen), expected)
+    assert not authentic_mask(train, gen)[1:3].any()  # near copies of training images
