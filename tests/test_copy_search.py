@@ -63,18 +63,20 @@ def test_pixels_copy_ignores_brightness_and_contrast():
 def test_pixels_declares_its_copy_descriptor_and_its_augmentations():
     pixels = create_embedder("pixels", "cpu")
     assert pixels.spec.copy_embedder == "pixels-copy"
-    assert create_embedder("pixels-copy", "cpu").spec.copy_tta == ("flip", "shift-grid", "zoom", "rotate", "crop")
+    assert create_embedder("pixels-copy", "cpu").spec.copy_tta == ("flip", "shift-grid", "zoom", "rotate", "crop",
+                                                                    "hue")
 
 
 @pytest.mark.parametrize("augs", [(), ("flip",), ("shift",), ("flip", "shift"), ("shift-grid",),
-                                  ("flip", "shift-grid", "zoom"), ("zoom",), ("rotate",), ("crop",),
-                                  ("flip", "shift-grid", "zoom", "rotate", "crop")])
+                                  ("flip", "shift-grid", "zoom"), ("zoom",), ("rotate",), ("crop",), ("hue",),
+                                  ("flip", "shift-grid", "zoom", "rotate", "crop", "hue")])
 def test_variant_count_and_names(augs):
     x = torch.rand(2, 3, 32, 32)
     out = list(augment.variants(x, augs))
     shifts = 48 if "shift-grid" in augs else 8 if "shift" in augs else 0
     geometric = len(augment.ROTATE_DEGREES) * ("rotate" in augs) + 50 * ("crop" in augs)
-    assert len(out) == 1 + ("flip" in augs) + shifts + 3 * ("zoom" in augs) + geometric
+    colour = 8 * ("hue" in augs)
+    assert len(out) == 1 + ("flip" in augs) + shifts + 3 * ("zoom" in augs) + geometric + colour
     assert out[0][0] == "identity" and len({name for name, _ in out}) == len(out)
     assert all(v.shape == x.shape for _, v in out)
 

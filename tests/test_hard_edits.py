@@ -48,8 +48,30 @@ def test_crop_variant_undoes_an_off_centre_crop():
     restored = names[f"crop({f:g},{u:+g},{v:+g})"]
     inner = (slice(None), slice(None), slice(top + 2, top + side - 2), slice(left + 2, left + side - 2))
     assert (restored - x)[inner].abs().mean() < 0.25 * (copy - x)[inner].abs().mean()
-    assert {augment.family(n) for n, _ in augment.variants(copy, ("flip", "shift", "zoom", "rotate", "crop"))} == \
-        {"aligned", "shift", "geometric"}
+    assert {augment.family(n) for n, _ in augment.variants(copy, ("flip", "shift", "zoom", "rotate", "crop", "hue"))} == \
+        {"aligned", "shift", "geometric", "colour"}
+
+
+def test_hue_variant_undoes_a_hue_shift_in_the_luminance_descriptor():
+    """A copy whose hue was rotated (PIL's HSV, as photo editors do) has another luminance;
+    the hue variant nearest the shift gives the source's descriptor back, closer than the copy."""
+    from PIL import Image
+
+    x = F.interpolate(torch.rand(4, 3, 6, 6, generator=torch.Generator().manual_seed(2)), size=32,
+                      mode="bicubic", align_corners=False).clamp(0, 1)
+    shifted = []
+    for img in (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8):
+        hsv = np.asarray(Image.fromarray(img).convert("HSV")).copy()
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + 23) % 256  # +0.09 of the wheel
+        shifted.append(np.asarray(Image.fromarray(hsv, "HSV").convert("RGB")))
+    copy = _tensor(shifted)
+    embed = create_embedder("pixels-copy", "cpu").embed
+    source = embed(_tensor(list((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))))
+    restored = dict(augment.variants(copy, ("hue",)))["hue(-0.09)"]
+    assert augment.family("hue(-0.09)") == "colour"
+    before = 1 - (embed(copy) * source).sum(1)
+    after = 1 - (embed(restored) * source).sum(1)
+    assert (after < 0.2 * before).all(), (before, after)
 
 
 def test_family_scaling_keeps_the_false_flag_rate_and_the_aligned_threshold():
@@ -88,7 +110,7 @@ def _matches(per_family: np.ndarray, families: list[str]) -> Matches:
 # here they must at least be found at all.
 FLOOR = {"exact": 0.75, "hflip": 0.75, "jpeg70": 0.75, "brightness": 0.75, "grayscale": 0.75, "rotate": 0.75,
          "saturation": 0.75, "grayscale+rotate": 0.75, "jpeg30": 0.5, "shift": 0.5, "rotate+jpeg30": 0.125,
-         "crop": 0.125}
+         "crop": 0.125, "hue": 0.75}
 
 
 def test_small_planted_set_recall_per_kind_and_false_flags():

@@ -58,7 +58,7 @@ COPY_SPEC = EmbedderSpec(
     l2_normalized=True,
     metric="ip",
     weights="none",
-    copy_tta=("flip", "shift-grid", "zoom", "rotate", "crop"),
+    copy_tta=("flip", "shift-grid", "zoom", "rotate", "crop", "hue"),
 )
 
 

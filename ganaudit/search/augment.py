@@ -13,17 +13,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where images are made, so the names above load without it
     import torch
 
-AUGMENTATIONS = ("flip", "shift", "shift-grid", "zoom", "rotate", "crop")
+AUGMENTATIONS = ("flip", "shift", "shift-grid", "zoom", "rotate", "crop", "hue")
 SHIFT_PIXELS = 2
 GRID_PIXELS = 3
 ZOOM_PIXELS = (1, 2, 3)
 ROTATE_DEGREES = (-9, -6, -3, 3, 6, 9)
 CROP_KEEP = (0.86, 0.91)  # the side kept by the crops "crop" undoes
 CROP_OFFSETS = (-0.12, -0.06, 0.0, 0.06, 0.12)  # where the kept box's centre lies, in half-sides
+HUE_SHIFTS = (-0.12, -0.09, -0.06, -0.03, 0.03, 0.06, 0.09, 0.12)  # fractions of the HSV colour wheel
 # Families are calibrated apart (``ganaudit.search.calibration``): a variant of one family
 # gives non-copies extra chances only against that family's threshold.
 FAMILIES = {"identity": "aligned", "hflip": "aligned", "shift": "shift", "zoom": "shift",
-            "rotate": "geometric", "crop": "geometric"}
+            "rotate": "geometric", "crop": "geometric", "hue": "colour"}
 
 
 def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -47,6 +48,10 @@ def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[t
       box of side ``f`` centred at ``(u, v)`` (in half-sides) would lie in its source, edges
       reflected: undoes crop-and-resize of up to about 15% of the side anywhere in the frame
       (50 variants).
+    - ``"hue"``: the HSV hue rotated by each fraction of the colour wheel in ``HUE_SHIFTS``
+      (torchvision's ``adjust_hue``): undoes a hue shift of up to about 0.135 of the wheel
+      to within 0.015, so a luminance descriptor sees the copy's own brightness pattern again.
+      Grey images are unchanged by it.
     """
     yield "identity", images
     if "flip" in augmentations:
@@ -73,6 +78,11 @@ def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[t
             for v in CROP_OFFSETS:
                 for u in CROP_OFFSETS:
                     yield f"crop({f:g},{u:+g},{v:+g})", affine(images, scale=f, dx=-u / f, dy=-v / f)
+    if "hue" in augmentations:
+        from torchvision.transforms.functional import adjust_hue
+
+        for d in HUE_SHIFTS:
+            yield f"hue({d:+g})", adjust_hue(images, d)
 
 
 def family(name: str) -> str:
