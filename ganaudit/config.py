@@ -124,7 +124,7 @@ class AuditConfig:
     nearest_k: int = 5
     copy_k: int = 50  # neighbours the nearest distance is compared with (Carlini et al. 2023)
     tta: tuple[str, ...] | None = _setting(None, Flag(  # None: the copy embedder's own default (spec.copy_tta)
-        "test-time augmentations for copy search: comma list of flip, shift, shift-grid, zoom, or none "
+        "test-time augmentations for copy search: comma list of flip, shift, shift-grid, zoom, rotate, crop, hue, or none "
         "(default: the copy embedder's, e.g. flip,shift)", parse=_name_list))
     copy_embedder: str = _setting("auto", Flag(
         "features copy search uses (default auto: the embedder's copy descriptor, e.g. pixels-copy for pixels; "

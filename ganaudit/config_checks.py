@@ -95,7 +95,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "nearest_k": (lambda v: _int(v) and v >= 1, "a positive integer"),
     "copy_k": (lambda v: _int(v) and 1 <= v <= MAX_COPY_K,
                f"an integer in [1, {MAX_COPY_K}] (neighbours the nearest distance is compared with)"),
-    "tta": (_opt(_tta), "a list of test-time augmentations: flip, shift, shift-grid, zoom (or none)"),
+    "tta": (_opt(_tta), "a list of test-time augmentations: flip, shift, shift-grid, zoom, rotate, crop, hue (or none)"),
     "copy_threshold": (_copy_threshold, "auto, calibrated or a finite number"),
     "calibration_max": (lambda v: _int(v) and v >= 1, "a positive integer"),
     "region_max_tiles": (lambda v: _int(v) and v >= 100, "an integer of at least 100 (training tiles indexed)"),

@@ -231,7 +231,7 @@ CASES = [
     Case("alpha-nan", lambda e: common(e, "--alpha", "nan"), "error", r"--alpha must be a number in"),
     Case("device-tpu", lambda e: common(e, "--device", "tpu"), "error", r"--device must be one of"),
     Case("embedder-unknown", lambda e: common(e, "--embedder", "resnet9000"), "error", r"unknown embedder"),
-    Case("tta-unknown", lambda e: common(e, "--tta", "rotate"), "error", r"unknown test-time augmentation"),
+    Case("tta-unknown", lambda e: common(e, "--tta", "spin"), "error", r"unknown test-time augmentation"),
     Case("index-unknown", lambda e: common(e, "--index", "lsh"), "error", r"index must be"),
     Case("engine-unknown", lambda e: common(e, "--engine", "spark"), "error", r"--engine must be one of local, ray"),
     Case("ray-address-without-ray", lambda e: common(e, "--ray-address", "auto"), "error",

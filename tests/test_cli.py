@@ -150,7 +150,7 @@ def test_cuda_requested_without_cuda(tiny_sets, capsys):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (("--tta", "rotate"), "unknown test-time augmentation"),
+    (("--tta", "spin"), "unknown test-time augmentation"),
     (("--num-samples", "3"), "--num-samples must be an integer of at least 10"),
     (("--alpha", "0.7"), "--alpha must be a number in (0, 0.5)"),
     (("--output-range", "0,2"), "--output-range must be one of"),

@@ -4,26 +4,33 @@
 assignment relies on labels being given.
 
 ``pixels-copy`` is what copy search uses when the embedder is ``pixels`` (its
-``copy_embedder``). A copy that was re-encoded, noised or brightened differs from its
-source mostly in fine detail and in overall level, while an image that is merely similar
-differs in layout; so the descriptor keeps the layout and drops the rest:
+``copy_embedder``). A copy that was re-encoded, noised, brightened, recoloured or moved
+differs from its source mostly in fine detail, overall level, colour and at its borders,
+while an image that is merely similar differs in layout; so the descriptor keeps the layout
+of the image's centre and drops the rest:
 
-1. a Gaussian blur of ``COPY_BLUR_SIGMA`` pixels (of the 32×32 image), which removes JPEG
+1. luminance alone (Rec. 601 weights): grey conversion and saturation changes keep it and
+   a hue shift mostly does (on benchmarks/hard_edits.py, adding opponent-colour channels
+   even at 0.3 of luminance's weight took grey copies from 1.00 to 0.28 caught, saturation
+   from 0.95 to 0.55, at 32 px);
+2. a Gaussian window of ``COPY_WINDOW`` of the side about the centre, after removing each
+   channel's windowed mean: what a crop, a shift or a rotation changes most is the border,
+   which the window all but ignores (an overall brightness change goes with the mean);
+3. a Gaussian blur of ``COPY_BLUR_SIGMA`` pixels (of the 32×32 image), which removes JPEG
    blocking and chroma bleeding, noise and sub-pixel misalignment;
-2. per-channel mean removal and unit L2 norm over the whole image, which removes a
-   brightness or contrast change (up to clipping).
+4. unit L2 norm over the whole image (applied after ``forward``), which removes a contrast
+   change (up to clipping).
 
 The blurred image carries almost nothing above a quarter of the sampling rate (the blur's
 gain there is about 1e-3), so it is projected onto the blur's 16 leading singular vectors
-per axis: 3 × 16 × 16 = 768 numbers instead of 3 × 32 × 32. The dropped components pass at
+per axis: 16 × 16 = 256 numbers instead of 32 × 32. The dropped components pass at
 most 1.2e-3 of their input, so inner products stay those of the full 32 × 32 descriptor to
-float32 precision (cosines within 2e-7 on the fixture's training images) and copy search is
-4× cheaper.
+float32 precision.
 
-On the shipped leaky fixture this catches every planted JPEG-q70 and ×1.15-brightness
-copy, where raw pixels catch 0 of 40 and 25 of 39 (tests/test_fixtures_e2e.py). Pixels are
-not aligned by the descriptor: shifted and cropped copies are re-aligned by its default
-test-time augmentations (1-pixel shift grid and zoom, see ``ganaudit.search.augment``).
+Pixels are not aligned by the descriptor: shifted, cropped and rotated copies are re-aligned
+by its default test-time augmentations (shift grid, zoom, rotations, crops; see
+``ganaudit.search.augment``), calibrated per family (``ganaudit.search.calibration``).
+benchmarks/hard_edits.py measures it on harder edits at 32, 64 and 128 px.
 """
 from __future__ import annotations
 
@@ -34,6 +41,8 @@ from ganaudit.embedders.base import Embedder, EmbedderSpec
 PIXELS_SIZE = (32, 32)
 COPY_BLUR_SIGMA = 2.5
 COPY_BASIS = 16  # leading singular vectors of the blur kept per axis
+COPY_WINDOW = 0.25  # the centre window's standard deviation, as a fraction of the side
+LUMA = (0.299, 0.587, 0.114)
 SPEC = EmbedderSpec(
     name="pixels",
     dim=3 * PIXELS_SIZE[0] * PIXELS_SIZE[1],
@@ -44,12 +53,12 @@ SPEC = EmbedderSpec(
 )
 COPY_SPEC = EmbedderSpec(
     name="pixels-copy",
-    dim=3 * COPY_BASIS * COPY_BASIS,
+    dim=COPY_BASIS * COPY_BASIS,
     input_size=PIXELS_SIZE,
     l2_normalized=True,
     metric="ip",
     weights="none",
-    copy_tta=("flip", "shift-grid", "zoom"),
+    copy_tta=("flip", "shift-grid", "zoom", "rotate", "crop", "hue"),
 )
 
 
@@ -60,31 +69,34 @@ class PixelsEmbedder(Embedder):
 
 
 class PixelsCopyEmbedder(Embedder):
-    """``Uᵣᵀ (B X Bᵀ - mean) U_c`` per channel: the centred blurred image ``B X Bᵀ`` (``B`` the
-    1-D blur of each axis) in the basis ``U`` of ``B``'s leading left singular vectors.
-
-    The mean term is folded in too: the blurred image's mean is ``wᵀ X w / (H·W)`` with
-    ``w = Bᵀ1`` (``B``'s column sums), and its constant image ``11ᵀ`` becomes ``a aᵀ`` with
-    ``a = Uᵀ1``, so no full-size blurred image is ever formed.
-    """
+    """``Uᵣᵀ B (w ⊙ (Y - m)) Bᵀ U_c`` of the luminance ``Y``: the centre-windowed image,
+    centred on its windowed mean ``m``, blurred by ``B`` along each axis, in the basis ``U``
+    of ``B``'s leading left singular vectors."""
 
     def __init__(self, spec: EmbedderSpec, device: torch.device):
         super().__init__(spec, device)
         (h, w), m = spec.input_size, COPY_BASIS
-        (rows, w_rows, a_rows), (cols, w_cols, a_cols) = _projected_blur(h, m), _projected_blur(w, m)
+        (rows, _, _), (cols, _, _) = _projected_blur(h, m), _projected_blur(w, m)
         self._rows = rows.to(self.device)  # (m, H)
         self._cols = cols.T.contiguous().to(self.device)  # (W, m)
-        self._mean_rows, self._mean_cols = (w_rows / h).to(self.device), (w_cols / w).to(self.device)
-        self._constant = torch.outer(a_rows, a_cols).to(self.device)
+        self._window = centre_window(h, w).to(self.device)
+        self._luma = torch.tensor(LUMA).view(1, 3, 1, 1).to(self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Removing the image's own mean first changes nothing (the blur maps a constant image
-        # to itself and the centring removes it) but keeps float32 cancellation small.
-        x = x - x.mean(dim=(2, 3), keepdim=True)
-        projected = self._rows @ x @ self._cols  # (B, C, m, m): two small products per channel
-        mean = torch.einsum("h,bchw,w->bc", self._mean_rows, x, self._mean_cols)
-        centred = projected - mean[:, :, None, None] * self._constant
-        return centred.flatten(1)  # unit norm is applied after forward (spec.l2_normalized)
+        x = (x * self._luma).sum(dim=1, keepdim=True)
+        window = self._window
+        x = (x - (x * window).sum(dim=(2, 3), keepdim=True) / window.sum()) * window
+        projected = self._rows @ x @ self._cols  # (B, 1, m, m): two small products
+        return projected.flatten(1)  # unit norm is applied after forward (spec.l2_normalized)
+
+
+def centre_window(h: int, w: int) -> torch.Tensor:
+    """``(H, W)`` float32 Gaussian window about the centre, standard deviation ``COPY_WINDOW`` of each side."""
+    def axis(n: int) -> torch.Tensor:
+        t = (torch.arange(n, dtype=torch.float64) + 0.5) / n - 0.5
+        return torch.exp(-(t**2) / (2 * COPY_WINDOW**2))
+
+    return torch.outer(axis(h), axis(w)).float()
 
 
 def _projected_blur(n: int, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -12,7 +12,8 @@ def _threshold_words(mem: dict) -> str:
             return (f"calibrated on {cal['n_reference']} {cal['method']} images: alpha {mem['alpha']:g} not attainable, "
                     f"flags at the finest level {cal['alpha_achieved']:.3g} (up to {cal['alpha_achieved']:.1%} of "
                     "non-copies flagged)")
-        return f"calibrated on {cal['method']}, alpha {mem['alpha']:g}"
+        per_family = f" per family ({', '.join(cal['families'])})" if cal.get("per_family") else ""
+        return f"calibrated on {cal['method']}{per_family}, alpha {mem['alpha']:g}"
     sign = ">=" if cal["threshold_on"] == "similarity" else "<="
     return f"{cal['method']} threshold: {cal['threshold_on']} {sign} {mem['threshold']:g}"
 
@@ -33,6 +34,13 @@ def data_lines(mem: dict) -> list[str]:
         items.append(f"low-information images: {low['n_train']} training, {low['n_reference']} reference, "
                      f"{low['n_generated']} samples ({low['n_flags_withheld']} flags withheld)")
     return [f"  data      {' · '.join(items)}"] if items else []
+
+
+def _search_words(mem: dict) -> str:
+    copy = mem.get("copy_embedder") or {}
+    tta = copy.get("tta") or ["none"]
+    n = len(mem["calibration"].get("augmentations") or [])
+    return f"  search    {copy.get('name', '?')}, augmentations {','.join(tta)} ({n} variants per image)"
 
 
 def _unassigned_words(modes: dict, n_samples: int) -> str:
@@ -75,6 +83,7 @@ def render_summary(result, config) -> str:
         f"({mem['n_samples']} samples vs {result.train['n_images']} training images, embedder {result.embedder['name']})",
         *_figure_lines(result.to_dict()),
         f"  flags     {mem['n_flagged']} of {mem['n_samples']} samples, {_threshold_words(mem)}",
+        _search_words(mem),
         f"  modes     from {modes['source']}"
         + (f"; missing: {', '.join(map(str, modes['missing'][:6]))}{' …' if len(modes['missing']) > 6 else ''}"
            if modes["missing"] else "; none missing")

@@ -13,10 +13,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where images are made, so the names above load without it
     import torch
 
-AUGMENTATIONS = ("flip", "shift", "shift-grid", "zoom")
+AUGMENTATIONS = ("flip", "shift", "shift-grid", "zoom", "rotate", "crop", "hue")
 SHIFT_PIXELS = 2
 GRID_PIXELS = 3
 ZOOM_PIXELS = (1, 2, 3)
+ROTATE_DEGREES = (-9, -6, -3, 3, 6, 9)
+CROP_KEEP = (0.86, 0.91)  # the side kept by the crops "crop" undoes
+CROP_OFFSETS = (-0.12, -0.06, 0.0, 0.06, 0.12)  # where the kept box's centre lies, in half-sides
+HUE_SHIFTS = (-0.12, -0.09, -0.06, -0.03, 0.03, 0.06, 0.09, 0.12)  # fractions of the HSV colour wheel
+# Families are calibrated apart (``ganaudit.search.calibration``): a variant of one family
+# gives non-copies extra chances only against that family's threshold.
+FAMILIES = {"identity": "aligned", "hflip": "aligned", "shift": "shift", "zoom": "shift",
+            "rotate": "geometric", "crop": "geometric", "hue": "colour"}
 
 
 def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -33,6 +41,17 @@ def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[t
       ``c`` in ``ZOOM_PIXELS``: undoes a centred crop of ``c`` pixels per side that was
       resized back to the full frame ("slightly cropped"). A zoom that would leave no image
       (``2c`` at least the image's side: tiny images) is skipped; the names yielded say which ran.
+    - ``"rotate"``: rotations by each angle in ``ROTATE_DEGREES`` about the centre, edges
+      reflected: undoes a rotation of up to about 10 degrees to within 1.5 degrees.
+    - ``"crop"``: for each kept fraction ``f`` in ``CROP_KEEP`` and each offset ``(u, v)`` in
+      ``CROP_OFFSETS`` squared, the image shrunk by ``f`` and moved so that it lands where a
+      box of side ``f`` centred at ``(u, v)`` (in half-sides) would lie in its source, edges
+      reflected: undoes crop-and-resize of up to about 15% of the side anywhere in the frame
+      (50 variants).
+    - ``"hue"``: the HSV hue rotated by each fraction of the colour wheel in ``HUE_SHIFTS``
+      (torchvision's ``adjust_hue``): undoes a hue shift of up to about 0.135 of the wheel
+      to within 0.015, so a luminance descriptor sees the copy's own brightness pattern again.
+      Grey images are unchanged by it.
     """
     yield "identity", images
     if "flip" in augmentations:
@@ -51,6 +70,40 @@ def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[t
         for c in ZOOM_PIXELS:
             if 2 * c * unit < min(images.shape[-2:]):
                 yield f"zoom(-{c})", zoom_out(images, c * unit)
+    if "rotate" in augmentations:
+        for angle in ROTATE_DEGREES:
+            yield f"rotate({angle:+d})", affine(images, angle=angle)
+    if "crop" in augmentations:
+        for f in CROP_KEEP:
+            for v in CROP_OFFSETS:
+                for u in CROP_OFFSETS:
+                    yield f"crop({f:g},{u:+g},{v:+g})", affine(images, scale=f, dx=-u / f, dy=-v / f)
+    if "hue" in augmentations:
+        from torchvision.transforms.functional import adjust_hue
+
+        for d in HUE_SHIFTS:
+            yield f"hue({d:+g})", adjust_hue(images, d)
+
+
+def family(name: str) -> str:
+    """The calibration family of a variant name: ``"shift(+1,-2)"`` → ``"shift"`` (``FAMILIES``)."""
+    return FAMILIES[name.split("(")[0]]
+
+
+def affine(images: torch.Tensor, angle: float = 0.0, scale: float = 1.0, dx: float = 0.0,
+           dy: float = 0.0) -> torch.Tensor:
+    """Resample ``(B, C, H, W)`` images: output point ``p`` (coordinates in [-1, 1]) takes the
+    input at ``R(angle) p / scale + (dx, dy)``, bilinear, edges reflected. ``scale < 1`` shrinks."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    a = math.radians(angle)
+    c, s = math.cos(a) / scale, math.sin(a) / scale
+    theta = torch.tensor([[c, -s, dx], [s, c, dy]], dtype=images.dtype, device=images.device)
+    grid = F.affine_grid(theta.expand(images.shape[0], 2, 3), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def shift(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:

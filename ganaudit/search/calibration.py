@@ -93,7 +93,8 @@ class Reference:
         m = self.matches
         fields = {f: getattr(m, f)[keep] for f in ("score", "distance", "similarity", "train_index", "augmentation")}
         pick = (lambda a: None if a is None else a[keep])
-        return Reference(Matches(**fields, names=m.names), self.features, dict(self.info), pick(self.origin),
+        return Reference(Matches(**fields, names=m.names, family_score=pick(m.family_score), families=m.families),
+                         self.features, dict(self.info), pick(self.origin),
                          pick(self.image_index), pick(self.contrast))
 
     @staticmethod
@@ -246,6 +247,8 @@ def decide_flags(gen: Matches, reference: Reference, policy: ThresholdPolicy, al
             "near-duplicate of a training image or low-information): give a --holdout of images that are not in "
             "the training set, or an absolute --copy-threshold")
     excluded = int(calibration.get("n_excluded", 0))
+    if policy.absolute is None and _families_match(gen, reference.matches):
+        return _decide_per_family(gen, reference, alpha, fdr_q, calibration, withheld)
     if policy.absolute is None:
         try:
             threshold = copy_stats.calibrate_threshold(ref, alpha)
@@ -275,3 +278,79 @@ def decide_flags(gen: Matches, reference: Reference, policy: ThresholdPolicy, al
         flagged = flagged & ~withheld
         significant = significant & ~withheld
     return Flags(flagged, threshold, p_values, significant, calibration)
+
+
+def _families_match(gen: Matches, ref: Matches) -> bool:
+    return (gen.family_score is not None and ref.family_score is not None and gen.families == ref.families
+            and len(gen.families) > 1)
+
+
+FAMILY_SCALE_LEVEL = 0.1  # the reference quantile each family's scores are divided by
+
+
+def family_scaled_scores(gen_scores: np.ndarray, ref_scores: np.ndarray,
+                         level: float = FAMILY_SCALE_LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One score per image over augmentation families: ``min_f score_f / scale_f``.
+
+    ``scale_f`` is the ``level`` quantile of the reference images' scores in family ``f``:
+    what a non-copy reaches there. Dividing by it puts the families on one scale, so an
+    image counts as copy-like in the family where it is most extreme *for that family*: the
+    many chances rotations and crops give a non-copy lower the geometric family's scale,
+    not the bar an exact or re-encoded copy must clear in the aligned family.
+
+    Args:
+        gen_scores: ``(M, F)`` each generated image's best score within each family.
+        ref_scores: ``(n, F)`` the same for the reference images.
+        level: the reference quantile used as each family's scale.
+
+    Returns:
+        ``(M,)`` and ``(n,)`` scaled scores (float64), and the ``(F,)`` scales. A family whose
+        scale is 0 (most reference images exact duplicates) counts only exact matches.
+    """
+    gen_scores, ref_scores = np.asarray(gen_scores, np.float64), np.asarray(ref_scores, np.float64)
+    scales = np.quantile(ref_scores, level, axis=0)
+
+    def scaled(x):
+        safe = np.where(scales > 0, scales, 1.0)
+        return np.where(scales > 0, x / safe, np.where(x > 0, np.inf, 0.0)).min(axis=1)
+
+    return scaled(gen_scores), scaled(ref_scores), scales
+
+
+def _decide_per_family(gen: Matches, reference: Reference, alpha: float, fdr_q: float, calibration: dict,
+                       withheld: np.ndarray | None = None) -> Flags:
+    """Calibrated flags when the search ran several augmentation families (``family_scaled_scores``).
+
+    The conformal rule of ``calibrate_threshold`` on the scaled scores: the false-flag rate
+    stays at most ``alpha``, while an exact or re-encoded copy is judged by the aligned
+    family's own threshold, not lowered by the chances rotations and crops give every
+    non-copy. Read per family, the rule is a score threshold each (``family_thresholds``):
+    flagged if and only if the score in some family is below its threshold.
+    """
+    ref = reference.matches
+    gen_u, ref_u, scales = family_scaled_scores(gen.family_score, ref.family_score)
+    n_ref = len(ref_u)
+    try:
+        threshold = copy_stats.calibrate_threshold(ref_u, alpha)
+        achieved = math.floor(alpha * (n_ref + 1) * (1 + copy_stats._COUNT_RTOL)) / (n_ref + 1)
+        calibration |= {"level": "requested", "alpha_achieved": achieved}
+    except ValueError:  # as decide_flags: the finest level the reference resolves
+        threshold = float(np.min(ref_u))
+        achieved = 1 / (n_ref + 1)
+        calibration |= {"level": "finest-attainable", "alpha_achieved": achieved,
+                        "level_note": f"alpha={alpha:g} needs at least {needed_references(alpha)} reference "
+                                      f"images, {n_ref} were usable: flags are at level 1/{n_ref + 1} = "
+                                      f"{achieved:.3g}; a larger --holdout resolves alpha"}
+    excluded = int(calibration.get("n_excluded", 0))
+    calibration["alpha_bound_if_excluded_were_clean"] = min(1.0, achieved + excluded / (n_ref + excluded + 1))
+    thresholds = {name: float(threshold * scale) for name, scale in zip(ref.families, scales)}
+    flagged = gen_u < threshold
+    p_values = copy_stats.empirical_p_values(gen_u, ref_u)
+    significant = copy_stats.benjamini_hochberg(p_values, q=fdr_q)
+    if withheld is not None:
+        calibration["n_withheld"] = int((flagged & withheld).sum())
+        flagged, significant = flagged & ~withheld, significant & ~withheld
+    calibration |= {"threshold_on": "score", "per_family": True, "families": list(ref.families),
+                    "family_thresholds": thresholds, "family_scale_level": FAMILY_SCALE_LEVEL,
+                    "scaled_threshold": float(threshold)}
+    return Flags(flagged, thresholds.get("aligned", min(thresholds.values())), p_values, significant, calibration)

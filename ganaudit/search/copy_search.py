@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ganaudit.search.augment import variants
+from ganaudit.search.augment import family, variants
 from ganaudit.embedders.base import Embedder
 from ganaudit.progress import progress_bar
 from ganaudit.search.index import SearchIndex
@@ -37,6 +37,9 @@ class Matches:
         train_index: the matched training image, int64.
         augmentation: index into ``names`` of the variant that matched, int16.
         names: the variant names.
+        family_score: ``(M, F)`` the best score within each augmentation family (the
+            ``families``, ``ganaudit.search.augment.FAMILIES``), float64; None when unknown.
+        families: the families searched, in ``family_score``'s column order.
     """
 
     score: np.ndarray
@@ -45,12 +48,17 @@ class Matches:
     train_index: np.ndarray
     augmentation: np.ndarray
     names: list[str]
+    family_score: np.ndarray | None = None
+    families: list[str] | None = None
 
     @staticmethod
     def concatenate(parts: list["Matches"]) -> "Matches":
         fields = ("score", "distance", "similarity", "train_index", "augmentation")
         joined = {f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}
-        return Matches(**joined, names=parts[0].names)
+        per_family = None
+        if all(p.family_score is not None for p in parts):
+            per_family = np.concatenate([p.family_score for p in parts])
+        return Matches(**joined, names=parts[0].names, family_score=per_family, families=parts[0].families)
 
 
 class CopySearcher:
@@ -113,26 +121,33 @@ class CopySearcher:
                 per variant, the identity first), wherever it ran.
             exclude: as for ``__call__``.
         """
-        best, pending = None, []
+        best, pending, family_best = None, [], {}
         for j, feats in enumerate(variant_feats):
             pending.append(feats)
             if len(pending) * len(feats) >= SEARCH_GROUP:
-                best = self._search_group(pending, exclude, j + 1 - len(pending), best)
+                best = self._search_group(pending, exclude, names, j + 1 - len(pending), best, family_best)
                 pending = []
         if pending:
-            best = self._search_group(pending, exclude, len(variant_feats) - len(pending), best)
+            best = self._search_group(pending, exclude, names, len(variant_feats) - len(pending), best,
+                                      family_best)
         best.names = list(names)
+        best.families = list(family_best)
+        best.family_score = np.stack([family_best[f] for f in best.families], axis=1)
         return best
 
-    def _search_group(self, group: list[np.ndarray], exclude: np.ndarray | None, first: int,
-                      best: Matches | None) -> Matches:
-        """Search several variants' features in one call; fold each into ``best``."""
+    def _search_group(self, group: list[np.ndarray], exclude: np.ndarray | None, names: list[str], first: int,
+                      best: Matches | None, family_best: dict[str, np.ndarray]) -> Matches:
+        """Search several variants' features in one call (``names[first:]``); fold each into
+        ``best`` and into its family's best score."""
         n = len(group[0])
         excluded = None if exclude is None else np.tile(exclude, len(group))
         raw, idx = self.index.search(np.concatenate(group), self.k + 1, exclude=excluded)
         for j in range(len(group)):
             rows = slice(j * n, (j + 1) * n)
             current = matches_from_search(raw[rows], idx[rows], self.index.metric, first + j)
+            fam = family(names[first + j])
+            held = family_best.get(fam)
+            family_best[fam] = current.score.copy() if held is None else np.minimum(held, current.score)
             best = current if best is None else _keep_best(best, current, self.rank_by)
         return best
 
