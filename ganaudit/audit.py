@@ -185,6 +185,8 @@ def _region_index(config: AuditConfig, train, copy_embedder, device, cache_dir):
         raise GanauditError(f"--regions: training images of {train.size[1]}x{train.size[0]} px are too small to cut "
                             f"into tiles (at least {regions.MIN_TILE_PX / regions.TILE_FRACTION:.0f} px a side); "
                             "drop --regions")
+    if copy_embedder.spec.region_embedder:  # a descriptor of its own for tiles (pixels-copy: pixels-tile)
+        copy_embedder = create_embedder(copy_embedder.spec.region_embedder, device)
     tiles = regions.tile_training_set(train, copy_embedder, config.batch_size, config.region_max_tiles, config.seed,
                                       config.progress)
     if tiles.n_indexed_images < 3:

@@ -10,6 +10,7 @@ skips flat tiles by design, so a copied patch of black sky is not counted as mis
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera", "moon", "coins",
                 "hubble_deep_field")
@@ -17,6 +18,24 @@ OTHER_PHOTOS = ("retina", "clock", "grass", "gravel", "brick", "colorwheel", "pa
 
 
 MIN_REGION_STD = 0.08 * 255  # planted regions have grey-level detail
+
+
+class ArraySource:
+    """An in-memory image source (``batches``, ``subset``, ``size``) over uint8 NHWC arrays."""
+
+    def __init__(self, arr: np.ndarray):
+        self.arr, self.size = arr, arr.shape[1:3]
+
+    def __len__(self) -> int:
+        return len(self.arr)
+
+    def batches(self, batch_size: int):
+        for i in range(0, len(self.arr), batch_size):
+            idx = np.arange(i, min(i + batch_size, len(self.arr)))
+            yield idx, torch.from_numpy(self.arr[idx]).permute(0, 3, 1, 2).float() / 255
+
+    def subset(self, idx):
+        return ArraySource(self.arr[np.asarray(idx)])
 
 
 def _photo(name: str, size: int) -> np.ndarray:

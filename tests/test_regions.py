@@ -17,33 +17,15 @@ import torch
 pytest.importorskip("skimage")
 
 from conftest import run_cli  # noqa: E402
-from regions_support import overlap, planted_sets  # noqa: E402
-from ganaudit.embedders.pixels import create_copy  # noqa: E402
+from regions_support import ArraySource as _Arrays, overlap, planted_sets  # noqa: E402
+from ganaudit.embedders.pixels import create_tile  # noqa: E402
 from ganaudit.metrics import copy_stats  # noqa: E402
 from ganaudit.search import regions as rg  # noqa: E402
 from ganaudit.search.index import build_index  # noqa: E402
 
 
-class _Arrays:
-    """An in-memory ImageSource over uint8 NHWC arrays."""
-
-    def __init__(self, arr: np.ndarray):
-        self.arr, self.size = arr, arr.shape[1:3]
-
-    def __len__(self) -> int:
-        return len(self.arr)
-
-    def batches(self, batch_size: int):
-        for i in range(0, len(self.arr), batch_size):
-            idx = np.arange(i, min(i + batch_size, len(self.arr)))
-            yield idx, torch.from_numpy(self.arr[idx]).permute(0, 3, 1, 2).float() / 255
-
-    def subset(self, idx):
-        return _Arrays(self.arr[np.asarray(idx)])
-
-
 def _search(sets: dict, alpha: float, holdout: bool = True):
-    emb = create_copy(torch.device("cpu"))
+    emb = create_tile(torch.device("cpu"))
     train = _Arrays(sets["train"])
     tiles = rg.tile_training_set(train, emb, 64)
     searcher = rg.RegionSearcher(build_index(tiles.features, "ip"), tiles, emb, copy_k=50)
@@ -95,7 +77,7 @@ def test_flat_tiles_are_skipped_and_never_flag():
     sets["train"][:5] = 128  # blank training images: no tiles
     flat = np.full((20, 64, 64, 3), 200, np.uint8)  # blank samples match blank regions everywhere
     flat += rng.integers(0, 2, size=flat.shape, dtype=np.uint8)  # below MIN_TILE_STD
-    emb = create_copy(torch.device("cpu"))
+    emb = create_tile(torch.device("cpu"))
     tiles = rg.tile_training_set(_Arrays(sets["train"]), emb, 64)
     assert tiles.n_skipped >= 5 * 36 and not np.isin(np.arange(5), tiles.image).any()
     searcher = rg.RegionSearcher(build_index(tiles.features, "ip"), tiles, emb, copy_k=20)
@@ -141,6 +123,7 @@ def test_audit_reports_regions_in_json_report_and_summary(tmp_path, capsys):
         assert overlap(tuple(e["train_box"].values()), t["train_box"]) >= 0.75
         assert e["sample_path"] == f"samples.npz[{e['sample_index']}]" or "sample_path" in e
     assert reg["tiles"]["tiles_per_train_image"] == 36 and reg["tiles"]["n_train_tiles"] > 0
+    assert reg["tiles"]["descriptor"] == "pixels-tile"  # pixels-copy names its own tile descriptor
     assert reg["calibration"]["method"] == "holdout" and reg["n_samples"] == 20
     assert {"region_index", "region_calibrate"} <= result["timings"].keys()
     html = (tmp_path / "report.html").read_text()

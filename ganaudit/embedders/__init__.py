@@ -132,6 +132,7 @@ def _register_builtins() -> None:
 
     register_embedder(pixels.SPEC, pixels.create)
     register_embedder(pixels.COPY_SPEC, pixels.create_copy)
+    register_embedder(pixels.TILE_SPEC, pixels.create_tile)
     register_embedder(inception.SPEC, inception.create)
     for name in dinov2.ARCHS:
         register_embedder(dinov2.spec_for(name), dinov2.factory(name))

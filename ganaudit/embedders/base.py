@@ -37,6 +37,8 @@ class EmbedderSpec:
             this one is chosen (``--copy-embedder auto``); None: these features themselves.
         copy_tta: the test-time augmentations copy search uses with these features unless
             ``--tta`` says otherwise.
+        region_embedder: registry name of the embedder region search (``--regions``) cuts
+            tiles into when this one is the copy embedder; None: this one.
     """
 
     name: str
@@ -53,6 +55,7 @@ class EmbedderSpec:
     copy_threshold_source: str | None = None
     copy_embedder: str | None = None
     copy_tta: tuple[str, ...] = ("flip", "shift")
+    region_embedder: str | None = None
 
 
 class Embedder:

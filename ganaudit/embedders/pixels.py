@@ -59,6 +59,20 @@ COPY_SPEC = EmbedderSpec(
     metric="ip",
     weights="none",
     copy_tta=("flip", "shift-grid", "zoom", "rotate", "crop", "hue"),
+    region_embedder="pixels-tile",
+)
+# Region search's tile descriptor: the same blur and basis per colour channel, centred on the
+# whole tile's mean, no window. A copied region can sit anywhere in a tile, so a window that
+# weighs the centre would discount half of it (tests/test_regions.py: moved regions at 128 px
+# were found at 0.76 with pixels-copy's windowed luminance, 0.88 with this).
+TILE_SPEC = EmbedderSpec(
+    name="pixels-tile",
+    dim=3 * COPY_BASIS * COPY_BASIS,
+    input_size=PIXELS_SIZE,
+    l2_normalized=True,
+    metric="ip",
+    weights="none",
+    copy_tta=("flip", "shift-grid", "zoom"),
 )
 
 
@@ -88,6 +102,34 @@ class PixelsCopyEmbedder(Embedder):
         x = (x - (x * window).sum(dim=(2, 3), keepdim=True) / window.sum()) * window
         projected = self._rows @ x @ self._cols  # (B, 1, m, m): two small products
         return projected.flatten(1)  # unit norm is applied after forward (spec.l2_normalized)
+
+
+class PixelsTileEmbedder(Embedder):
+    """``Uᵣᵀ (B X Bᵀ - mean) U_c`` per channel: the centred blurred image ``B X Bᵀ`` (``B`` the
+    1-D blur of each axis) in the basis ``U`` of ``B``'s leading left singular vectors.
+
+    The mean term is folded in: the blurred image's mean is ``wᵀ X w / (H·W)`` with
+    ``w = Bᵀ1`` (``B``'s column sums), and its constant image ``11ᵀ`` becomes ``a aᵀ`` with
+    ``a = Uᵀ1``, so no full-size blurred image is ever formed.
+    """
+
+    def __init__(self, spec: EmbedderSpec, device: torch.device):
+        super().__init__(spec, device)
+        (h, w), m = spec.input_size, COPY_BASIS
+        (rows, w_rows, a_rows), (cols, w_cols, a_cols) = _projected_blur(h, m), _projected_blur(w, m)
+        self._rows = rows.to(self.device)  # (m, H)
+        self._cols = cols.T.contiguous().to(self.device)  # (W, m)
+        self._mean_rows, self._mean_cols = (w_rows / h).to(self.device), (w_cols / w).to(self.device)
+        self._constant = torch.outer(a_rows, a_cols).to(self.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Removing the image's own mean first changes nothing (the blur maps a constant image
+        # to itself and the centring removes it) but keeps float32 cancellation small.
+        x = x - x.mean(dim=(2, 3), keepdim=True)
+        projected = self._rows @ x @ self._cols  # (B, C, m, m): two small products per channel
+        mean = torch.einsum("h,bchw,w->bc", self._mean_rows, x, self._mean_cols)
+        centred = projected - mean[:, :, None, None] * self._constant
+        return centred.flatten(1)  # unit norm is applied after forward (spec.l2_normalized)
 
 
 def centre_window(h: int, w: int) -> torch.Tensor:
@@ -153,3 +195,7 @@ def create(device: torch.device, weights=None) -> PixelsEmbedder:
 
 def create_copy(device: torch.device, weights=None) -> PixelsCopyEmbedder:
     return PixelsCopyEmbedder(COPY_SPEC, device)
+
+
+def create_tile(device: torch.device, weights=None) -> PixelsTileEmbedder:
+    return PixelsTileEmbedder(TILE_SPEC, device)

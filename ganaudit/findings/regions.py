@@ -60,6 +60,7 @@ def regions_section(generated: rg.RegionMatches, reference: rg.RegionMatches, re
         "alpha": config.alpha,
         "calibration": flags.calibration,
         "tiles": {
+            "descriptor": train_tiles.descriptor,
             "tile_fraction": rg.TILE_FRACTION,
             "train_stride_fraction": rg.TRAIN_STRIDE_FRACTION,
             "query_stride_fraction": rg.QUERY_STRIDE_FRACTION,

@@ -138,6 +138,7 @@ class TrainTiles:
         n_images: training images tiled (all of them unless capped by ``max_tiles``).
         n_skipped: flat tiles left out.
         n_train: images in the training set.
+        descriptor: the name of the embedder that made ``features``.
     """
 
     features: np.ndarray
@@ -147,6 +148,7 @@ class TrainTiles:
     n_images: int
     n_skipped: int
     n_train: int
+    descriptor: str = ""
 
     n_rows: int = 0
     nbytes: int = 0
@@ -193,7 +195,7 @@ def tile_training_set(train, embedder, batch_size: int, max_tiles: int = DEFAULT
             tiles.append(p)
             bar.update(len(indices))
     return TrainTiles(np.concatenate(feats).astype(np.float32, copy=False), np.concatenate(images).astype(np.int64),
-                      np.concatenate(tiles).astype(np.int64), grid, len(chosen), skipped, n)
+                      np.concatenate(tiles).astype(np.int64), grid, len(chosen), skipped, n, embedder.spec.name)
 
 
 @dataclass
