@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("embedders", help="list the available embedders")
     _add_embed(sub.add_parser("embed", help="precompute a training set's embedding cache (here, or on a Ray cluster)"))
     _add_stats(sub.add_parser("stats", help="write the FID statistics of an image set (pytorch-fid's .npz format)"))
+    _add_fd(sub.add_parser("fd", help="FID of a generator or samples against a reference statistics file (no "
+                                      "training set)"))
     fetch = sub.add_parser("fetch-weights", help="download an embedder's weights (on a connected machine)")
     fetch.add_argument("name", help="embedder name, e.g. inception, dinov2-vitb14, sscd")
     fetch.add_argument("--dest", type=Path, help="folder to put it in (default: the torch hub checkpoint folder)")
@@ -50,10 +52,20 @@ CHECK_GROUPS = {"source": "what to audit", "generator": "generator", "run": "run
 
 def _add_check(p: argparse.ArgumentParser) -> None:
     """``ganaudit check``: one flag per AuditConfig field that declares one (``config.Flag``)."""
+    _add_config_flags(p)
+    p.add_argument("--config", type=Path,
+                   help="a ganaudit.toml or pyproject.toml (default: found in the working directory)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log each stage's decisions")
+
+
+def _add_config_flags(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """One flag per AuditConfig field that declares one (all, or those in ``names``)."""
     from ganaudit.config import flag_fields
 
     groups = {key: p.add_argument_group(title) for key, title in CHECK_GROUPS.items()}
     for name, flag in flag_fields():
+        if names is not None and name not in names:
+            continue
         option = "--" + name.replace("_", "-")
         if flag.kind == "switch":
             groups[flag.group].add_argument(option, dest=name, action="store_true", default=None, help=flag.help)
@@ -63,9 +75,18 @@ def _add_check(p: argparse.ArgumentParser) -> None:
         else:
             groups[flag.group].add_argument(option, dest=name, type=flag.parse or str, metavar=flag.metavar,
                                             help=flag.help)
-    groups["run"].add_argument("--config", type=Path,
-                               help="a ganaudit.toml or pyproject.toml (default: found in the working directory)")
-    groups["outputs"].add_argument("-v", "--verbose", action="store_true", help="log each stage's decisions")
+
+
+FD_FLAGS = ("generator", "samples", "num_samples", "seed", "device", "batch_size", "skip_corrupt", "z_dim",
+            "output_range", "trust_checkpoint", "arch", "arch_kwargs", "num_classes", "class_weights", "truncation",
+            "reference_stats", "fid_protocol", "fd_embedders", "fid_infinity", "progress", "weights")
+
+
+def _add_fd(p: argparse.ArgumentParser) -> None:
+    """``ganaudit fd``: check's flags that say what is sampled and how FD is computed."""
+    _add_config_flags(p, FD_FLAGS)
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the FID entry (as check's coverage.fid) as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what is done")
 
 
 def _add_stats(p: argparse.ArgumentParser) -> None:
@@ -126,6 +147,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     write_outputs(result, context, config)
     print(render_summary(result, config))
     return EXIT_PASS if result.verdict == "pass" else EXIT_FAIL
+
+
+def cmd_fd(args: argparse.Namespace) -> int:
+    import json
+
+    from ganaudit.config import resolve_config
+    from ganaudit.findings.fd import fd_against_reference, summary_lines
+    from ganaudit.plumbing import write_atomic
+    from ganaudit.result import versions
+
+    flags = {name: getattr(args, name) for name in FD_FLAGS}
+    flags["embedder"] = "inception"  # so that --weights is the FID network's
+    config = resolve_config({}, flags, "fd", need_train=False)
+    if args.json is not None and args.json.is_dir():
+        raise GanauditError(f"--json {args.json} is a folder: give the file to write")
+    out = fd_against_reference(config)
+    if args.json is not None:
+        write_atomic(args.json, json.dumps(out | {"versions": versions()}, indent=2, allow_nan=False) + "\n")
+    gen = out["generator"]
+    print(f"ganaudit fd: {gen['n_samples']} {'samples of' if gen['kind'] == 'generator' else 'images in'} {gen['path']}")
+    print("\n".join(summary_lines(out)))
+    if out["fid"] and out["fid"].get("kid_note"):
+        print(f"  kid       {out['fid']['kid_note']}")
+    return EXIT_PASS
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -197,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(force=True, level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"check": cmd_check, "report": cmd_report, "embedders": cmd_embedders,
-                "fetch-weights": cmd_fetch_weights, "stats": cmd_stats,
+                "fetch-weights": cmd_fetch_weights, "stats": cmd_stats, "fd": cmd_fd,
                 "embed": cmd_embed}
     try:
         return (getattr(args, "handler", None) or commands[args.command])(args)

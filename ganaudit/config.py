@@ -194,12 +194,13 @@ class AuditConfig:
     model_card: Path | None = _setting(None, Flag(
         "write a model-card section (Markdown, Hugging Face model-index) here", "outputs", _path_arg))
 
-    def validate(self) -> "AuditConfig":
+    def validate(self, need_train: bool = True) -> "AuditConfig":
         """Check every value and combination (``ganaudit.config_checks``); raise GanauditError
-        with a one-line message on the first bad one. Nothing has run yet when it fails."""
+        with a one-line message on the first bad one. Nothing has run yet when it fails.
+        ``need_train`` False: no training set is needed (``ganaudit fd``)."""
         for f in dataclasses.fields(self):
             check_value(f.name, getattr(self, f.name), flag_label(f.name))
-        check_combinations(self)
+        check_combinations(self, need_train)
         gates_from_config(self.gates)
         baseline_rules_from_config(self.baseline_rules)
         check_fd_options(self)
@@ -247,8 +248,10 @@ def _read_toml(path: Path) -> dict:
         raise GanauditError(f"config file {path} is not valid TOML: {e}") from None
 
 
-def resolve_config(file_values: dict[str, Any], flag_values: dict[str, Any], source: str = "config") -> AuditConfig:
-    """Merge defaults < file values < flags (flags given as ``None`` are not set) into a config."""
+def resolve_config(file_values: dict[str, Any], flag_values: dict[str, Any], source: str = "config",
+                   need_train: bool = True) -> AuditConfig:
+    """Merge defaults < file values < flags (flags given as ``None`` are not set) into a config
+    (``need_train`` as for :meth:`AuditConfig.validate`)."""
     merged: dict[str, Any] = {}
     for key, value in file_values.items():
         name = key.replace("-", "_")
@@ -273,7 +276,7 @@ def resolve_config(file_values: dict[str, Any], flag_values: dict[str, Any], sou
         items = value.split(",") if isinstance(value, str) else value
         merged["fd_embedders"] = tuple(v.strip() if isinstance(v, str) else v for v in items
                                        if not isinstance(v, str) or v.strip())
-    return AuditConfig(**merged).validate()
+    return AuditConfig(**merged).validate(need_train)
 
 
 def _tables_from_file(value: Any, name: str, source: str) -> tuple[dict, ...]:

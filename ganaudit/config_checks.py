@@ -150,9 +150,10 @@ def flag_label(name: str) -> str:
     return "--" + name.replace("_", "-") if name in dict(flag_fields()) else name
 
 
-def check_combinations(config) -> None:
-    """The checks that look at several settings, or at the files they name."""
-    if config.train is None:
+def check_combinations(config, need_train: bool = True) -> None:
+    """The checks that look at several settings, or at the files they name (``need_train``
+    False: ``ganaudit fd``, which needs no training set)."""
+    if config.train is None and need_train:
         extra = (" (--reference-stats replaces only the training images' statistics in FD; the copy search and "
                  "coverage need the images themselves)" if config.reference_stats is not None else "")
         raise GanauditError("--train is required: the folder or .npz of training images" + extra)

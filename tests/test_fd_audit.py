@@ -289,6 +289,61 @@ def test_stats_command_without_weights_says_which_file(tiny_sets, tmp_path, caps
     assert code == 2 and "pt_inception-2015-12-05-6726825d.pth" in stderr
 
 
+def _published(tiny_sets, tiny_fid, tmp_path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A statistics file as a paper would publish it: no features, full rank."""
+    mu, sigma = features_to_statistics(ganaudit_features(tiny_sets["train"], "torch-fidelity", tiny_fid) + 0.5)
+    sigma += 0.01 * np.eye(len(mu))
+    return write_statistics(tmp_path / "published.npz", mu, sigma), mu, sigma
+
+
+def test_fd_command_needs_no_training_set_and_equals_checks_fid(tiny_sets, tiny_fid, tmp_path, capsys):
+    stats, mu, sigma = _published(tiny_sets, tiny_fid, tmp_path)
+    out = tmp_path / "fd.json"
+    code, stdout, stderr = run_cli("fd", "--samples", tiny_sets["holdout"], "--reference-stats", stats, "--json", out,
+                                   capsys=capsys)
+    assert code == 0, stdout + stderr
+    entry = json.loads(out.read_text())["fid"]
+    fake = ganaudit_features(tiny_sets["holdout"], "torch-fidelity", tiny_fid)
+    assert entry["value"] == pytest.approx(statistics_to_frechet_distance(mu, sigma, *features_to_statistics(fake)),
+                                           rel=1e-9)
+    assert (entry["protocol"], entry["n_samples"], entry["reference"]["kind"]) == ("torch-fidelity", 120, "statistics")
+    assert entry["kid"] is None and "holds no features" in entry["kid_note"]
+    assert "fid       " in stdout and "kid       not computed" in stdout
+    _, result, _ = _check(capsys, tiny_sets, tmp_path / "r.json", "--reference-stats", stats)
+    assert result["coverage"]["fid"]["value"] == pytest.approx(entry["value"], rel=1e-12)  # the same FID as check's
+
+
+def test_fd_command_samples_a_generator(tiny_sets, tiny_fid, tmp_path, capsys):
+    stats, _, _ = _published(tiny_sets, tiny_fid, tmp_path)
+    out = tmp_path / "fd.json"
+    code, stdout, stderr = run_cli("fd", "--generator", tiny_sets["fresh_gen"], "--num-samples", "24", "--seed", "3",
+                                   "--reference-stats", stats, "--fid-infinity", "--json", out, capsys=capsys)
+    assert code == 0, stdout + stderr
+    first = json.loads(out.read_text())
+    assert first["generator"] == {"path": str(tiny_sets["fresh_gen"]), "kind": "generator", "n_samples": 24, "seed": 3}
+    assert first["fid"]["n_samples"] == 24 and first["fid"]["fid_infinity"]["value"] is not None
+    assert run_cli("fd", "--generator", tiny_sets["fresh_gen"], "--num-samples", "24", "--seed", "3",
+                   "--reference-stats", stats, "--json", out, capsys=capsys)[0] == 0
+    assert json.loads(out.read_text())["fid"]["value"] == first["fid"]["value"]  # sample i from seed [3, i]
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "ganaudit fd needs --reference-stats"),
+    (("--reference-stats", "STATS"), "give exactly one of --generator"),
+    (("--reference-stats", "STATS", "--fd-embedders", "inception,pixels"), "holds Inception statistics only"),
+    (("--reference-stats", "STATS", "--json", "TMP"), "is a folder"),
+    (("--reference-stats", "STATS", "--num-samples", "0"), "--num-samples"),
+])
+def test_fd_command_bad_input_exits_2_with_one_line(tiny_sets, tiny_fid, tmp_path, capsys, args, message):
+    stats, _, _ = _published(tiny_sets, tiny_fid, tmp_path)
+    args = [str(stats) if a == "STATS" else str(tmp_path) if a == "TMP" else a for a in args]
+    source = [] if "give exactly one" in message else ["--samples", str(tiny_sets["holdout"])]
+    if "--num-samples" in args:
+        source = ["--generator", str(tiny_sets["fresh_gen"])]
+    code, stdout, stderr = run_cli("fd", *source, *args, capsys=capsys)
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
 # ---------------------------------------------------------------- the real network (slow)
 
 
@@ -313,3 +368,8 @@ def test_stats_file_and_audit_fid_equal_pytorch_fids(tmp_path, monkeypatch, caps
         warnings.simplefilter("ignore")
         peer = fid_score.calculate_fid_given_paths([str(stats), str(fake)], 50, "cpu", 2048, num_workers=0)
     assert ours == pytest.approx(peer, rel=1e-4)
+    # ganaudit fd: the same FID with no training set at all
+    code, out, err = run_cli("fd", "--samples", fake, "--reference-stats", stats, "--fid-protocol", "pytorch-fid",
+                             "--json", tmp_path / "fd.json", capsys=capsys)
+    assert code == 0, out + err
+    assert json.loads((tmp_path / "fd.json").read_text())["fid"]["value"] == pytest.approx(peer, rel=1e-4)

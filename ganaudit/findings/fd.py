@@ -256,6 +256,45 @@ def write_stats(images, output, protocol: str | None = None, embedder: str = INC
             "protocol": protocol_name}
 
 
+def fd_against_reference(config) -> dict:
+    """``ganaudit fd``: the FID of a generator (or a folder of samples) against a
+    ``--reference-stats`` file alone: no training set, no copy search.
+
+    Generated images are embedded once per FD space as they are drawn; the Inception entry
+    is what ``coverage.fid`` of ``check`` would hold against the same file (KID says it was
+    not computed when the file holds only statistics).
+
+    Returns:
+        ``{"fid": entry, "fd_embedders": {name: entry}, "generator": {...}}``.
+
+    Raises:
+        GanauditError: no ``--reference-stats``, or FD spaces the file cannot serve.
+    """
+    from ganaudit.audit import open_generated
+    from ganaudit.device import resolve_device
+    from ganaudit.progress import progress_bar
+
+    if config.reference_stats is None:
+        raise GanauditError("ganaudit fd needs --reference-stats: a pytorch-fid or clean-fid statistics file, or an "
+                            "ADM-style reference batch (with a training set, use ganaudit check --train)")
+    device = resolve_device(config.device)
+    run = FdRun(config, device, main_embedder=None)
+    if isinstance(run.reference_file, ReferenceStatistics) and run.names != (INCEPTION,):
+        raise GanauditError(f"--fd-embedders {','.join(run.names)}: {config.reference_stats} holds Inception "
+                            "statistics only; ganaudit fd computes FD in other spaces against an ADM-style image "
+                            "batch, or use ganaudit check --train")
+    source = open_generated(config, device)
+    if len(source) < 2:
+        raise GanauditError(f"ganaudit fd: needs at least 2 generated images, found {len(source)}")
+    with progress_bar(len(source), "sampling + FD features", config.progress) as bar:
+        for indices, _ in run.tap(source).batches(config.batch_size):
+            bar.update(len(indices))
+    section = run.section(None, None, None, None, config.progress)
+    generator = {"path": str(config.generator or config.samples), "kind": "generator" if config.generator else "samples",
+                 "n_samples": len(source), "seed": config.seed if config.generator else None}
+    return section | {"generator": generator}
+
+
 def summary_lines(coverage: dict) -> list[str]:
     """Lines for the terminal summary: the FID under its protocol, and each other FD."""
     lines = []
