@@ -22,7 +22,7 @@ def main() -> None:
     p.add_argument("--searched", type=int, default=64, help="holdout images searched (default 64)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "regions.json")
     args = p.parse_args()
-    from ganaudit.embedders.pixels import create_copy
+    from ganaudit.embedders.pixels import create_tile
     from ganaudit.search import regions as rg
     from ganaudit.search.index import build_index
     from ganaudit.sources.datasets import open_image_set
@@ -33,7 +33,7 @@ def main() -> None:
     if args.quick:
         train = train.subset(np.arange(200))
         train.size = train.images.size
-    emb = create_copy(torch.device("cpu"))
+    emb = create_tile(torch.device("cpu"))
     wall, cpu = time.perf_counter(), time.process_time()
     tiles = rg.tile_training_set(train, emb, 128)
     index = build_index(tiles.features, "ip")
