@@ -117,7 +117,7 @@ def child(config: str, data: Path, n_samples: int) -> dict:
 
     workers = int(config.split("-")[1])
     t = time.perf_counter()
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     out["ray_init_s"] = time.perf_counter() - t
     with RayEngine(device="cpu") as engine, tempfile.TemporaryDirectory() as cache:
         t = time.perf_counter()

@@ -36,7 +36,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
 
@@ -83,7 +83,8 @@ def test_embed_resumes_with_only_the_missing_shards(ray_local, tiny_sets, tmp_pa
 
     embed = ("embed", tiny_sets["train"], "--embedder", "pixels-copy", "--cache-dir", tmp_path, "--shard-size", "32")
     code, out, _ = run_cli(*embed, capsys=capsys)  # the local engine makes the entry (one Ray job is enough)
-    assert code == 0 and "pixels-copy: 120 images x 768, 4 shards (0 from the cache, 4 embedded" in out, out
+    dim = create_embedder("pixels-copy", "cpu").spec.dim
+    assert code == 0 and f"pixels-copy: 120 images x {dim}, 4 shards (0 from the cache, 4 embedded" in out, out
     code, out, _ = run_cli(*embed, "--engine", "ray", capsys=capsys)  # a joined entry: nothing to do
     assert code == 0 and "4 shards (4 from the cache, 0 embedded" in out, out
     entry = Path(out.rsplit(": ", 1)[1].strip())
