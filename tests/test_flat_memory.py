@@ -9,7 +9,7 @@ import pytest
 
 import ganaudit.features as features_module
 from ganaudit.metrics.clustering import nearest_centroid
-from ganaudit.metrics.memorization import authentic_mask
+from ganaudit.metrics.memorization import authentic_mask, mia_auc, within_cell_nearest_distances
 from ganaudit.search.index import FlatIndex
 
 
@@ -70,6 +70,47 @@ def test_a_search_holds_about_one_block_of_a_memory_map(mapped, monkeypatch):
     grown_mib = (_status_kib("VmHWM") - before) / 1024
     assert grown_mib < 24, f"peak grew by {grown_mib:.0f} MiB over a 64 MiB memory map"
     assert labels.shape == (mm.shape[0],)
+
+
+def test_memory_mapped_queries_are_read_a_block_at_a_time(mapped, monkeypatch):
+    """The MIA scores every training image (the queries) against the samples, and C_T finds
+    each query's nearest training point within its cell: neither holds the whole training
+    matrix resident, and both give what the same computation in memory gives."""
+    x, mm = mapped
+    if not _reset_peak():
+        pytest.skip("/proc/self/clear_refs cannot be written here")
+    monkeypatch.setattr(features_module, "RESIDENT_BLOCK_BYTES", 2 << 20)  # 2 MiB blocks
+    rng = np.random.default_rng(3)
+    gen, holdout = rng.standard_normal((50, 1024), dtype=np.float32), rng.standard_normal((40, 1024), dtype=np.float32)
+    cells = rng.integers(0, 5, size=len(mm))
+    query_cells = rng.integers(0, 6, size=len(gen))  # cell 5 holds no training point
+    expected_d, expected_i = FlatIndex(gen, "l2").search(x, 2)
+    expected_auc = mia_auc(x, holdout, gen)
+    expected_cells = within_cell_nearest_distances(x, cells, gen, query_cells)
+    del x
+    _reset_peak()
+    before = _status_kib("VmRSS")
+    d, i = FlatIndex(gen, "l2").search(mm, 2)
+    auc = mia_auc(mm, holdout, gen)
+    in_cells = within_cell_nearest_distances(mm, cells, gen, query_cells)
+    grown_mib = (_status_kib("VmHWM") - before) / 1024
+    assert grown_mib < 24, f"peak grew by {grown_mib:.0f} MiB over a 64 MiB memory map"
+    np.testing.assert_array_equal(i, expected_i)
+    np.testing.assert_allclose(d, expected_d, rtol=1e-6)
+    assert auc == pytest.approx(expected_auc, abs=1e-12)
+    np.testing.assert_allclose(in_cells, expected_cells, rtol=1e-6)
+    assert np.isnan(in_cells[query_cells == 5]).all() and not np.isnan(in_cells[query_cells < 5]).any()
+
+
+def test_within_cell_distances_equal_brute_force(mapped):
+    x, _ = mapped
+    train, queries = x[:2000], x[2000:2100] + 0.01
+    rng = np.random.default_rng(4)
+    cells, query_cells = rng.integers(0, 4, size=len(train)), rng.integers(0, 4, size=len(queries))
+    d = np.sqrt(_sq_dist(queries, train))
+    d[query_cells[:, None] != cells[None, :]] = np.inf
+    np.testing.assert_allclose(within_cell_nearest_distances(train, cells, queries, query_cells), d.min(1),
+                               rtol=1e-5)
 
 
 def test_authenticity_needs_only_the_matched_rows_and_agrees_with_brute_force(mapped):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganaudit.features import as_features, check_count, check_same_dim, take_rows
+from ganaudit.features import as_features, block_rows, check_count, check_same_dim, release_pages, take_rows
 from ganaudit.search.index import FlatIndex, knn
 from ganaudit.metrics.clustering import kmeans_centroids, nearest_centroid
 from ganaudit.metrics.copy_stats import mann_whitney_u, rank_auc
@@ -42,8 +42,10 @@ def within_cell_nearest_distances(
     """Distance of each query to its nearest training point in the query's own cell.
 
     This is L(x) of Meehan et al.'s code (``Zu`` fits a nearest-neighbour model on the
-    training points of one cell and queries it with that cell's samples). One blockwise FAISS
-    search per cell: no query-by-training matrix is built.
+    training points of one cell and queries it with that cell's samples). The training set is
+    read in blocks of at most ``RESIDENT_BLOCK_BYTES`` (a memory map's pages released after
+    each), with one FAISS search per cell within a block: no query-by-training matrix is
+    built, and memory does not grow with the training set.
 
     Args:
         train: ``(N, D)`` float32 training features.
@@ -57,12 +59,17 @@ def within_cell_nearest_distances(
     train_cells, query_cells = np.asarray(train_cells), np.asarray(query_cells)
     if train_cells.shape != (train.shape[0],) or query_cells.shape != (queries.shape[0],):
         raise ValueError("each feature array needs one cell label per row")
-    out = np.full(queries.shape[0], np.nan)
-    for cell in np.unique(query_cells):
-        members = np.flatnonzero(train_cells == cell)
-        if members.size:
-            rows = query_cells == cell
-            out[rows] = _nearest_distance(train[members], queries[rows])[0]
+    out = np.full(queries.shape[0], np.inf)
+    by_cell = {cell: np.flatnonzero(query_cells == cell) for cell in np.unique(query_cells)}
+    step = block_rows(train.shape[1], 1 << 62)
+    for start in range(0, train.shape[0], step):
+        block, cells = np.asarray(train[start : start + step]), train_cells[start : start + step]
+        for cell in np.intersect1d(np.unique(cells), list(by_cell)):
+            rows = by_cell[cell]
+            nearest = _nearest_distance(block[cells == cell], queries[rows])[0]
+            out[rows] = np.minimum(out[rows], nearest)
+        release_pages(train)
+    out[np.isinf(out)] = np.nan
     return out
 
 

@@ -82,7 +82,19 @@ class SearchIndex:
         n_avail = self.ntotal - (1 if exclude is not None else 0)
         if not 1 <= k <= n_avail:
             raise ValueError(f"k must be in [1, {n_avail}], got {k}")
-        dist, idx = self._search_raw(queries, k + 1 if exclude is not None else k)
+        raw_k = k + 1 if exclude is not None else k
+        step = block_rows(queries.shape[1], DEFAULT_BLOCK_SIZE)
+        if is_mapped(queries) and queries.shape[0] > step:
+            # memory-mapped queries (a training set against the samples, for the MIA) are read
+            # one block at a time and their pages released, as a mapped database is
+            parts = []
+            for start in range(0, queries.shape[0], step):
+                block = np.array(queries[start : start + step])
+                release_pages(queries)
+                parts.append(self._search_raw(block, raw_k))
+            dist, idx = np.concatenate([d for d, _ in parts]), np.concatenate([i for _, i in parts])
+        else:
+            dist, idx = self._search_raw(queries, raw_k)
         if exclude is not None:
             dist, idx = _drop_excluded(dist, idx, np.asarray(exclude), k)
         if self.metric == "l2":
