@@ -14,7 +14,8 @@ from nothing)::
 Reported per size: each stage's seconds (the result's ``timings``), the peak resident set
 and CPU seconds (all threads: less sensitive to other jobs on a shared machine than wall
 time) of the audit's process, its peak resident set (``VmHWM``, which counts the pages of memory-mapped files that were
-resident too), the size of the training copy-feature file (``features.npy`` of the
+resident too; also per stage, ``peak_rss_by_stage``: the peak is reset at each stage's start
+through ``/proc/self/clear_refs``, so each figure is that stage's own), the size of the training copy-feature file (``features.npy`` of the
 ``pixels-copy`` cache entry) and their ratio. Then, per stage, the growth exponent ``b`` of
 ``time ≈ a · N^b`` fitted by least squares on log–log over the sizes (stages under 0.05 s at
 every size are too small to fit and are left out), and the same for peak RSS above the
@@ -82,6 +83,20 @@ def _status_bytes(field: str) -> int:
     return 0
 
 
+_PEAK_SO_FAR = 0
+
+
+def _reset_peak() -> None:
+    """Reset the kernel's peak resident set (``VmHWM``) to the current one (Linux's ``clear_refs`` 5),
+    keeping the overall peak so far in ``_PEAK_SO_FAR``."""
+    global _PEAK_SO_FAR
+    _PEAK_SO_FAR = max(_PEAK_SO_FAR, _status_bytes("VmHWM"))
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def one_audit(train: Path, cache: Path, samples: int, calibration: int, result_path: Path) -> None:
     """The child: audit once and write timings, peak RSS and the feature files' sizes."""
     from contextlib import contextmanager
@@ -91,14 +106,24 @@ def one_audit(train: Path, cache: Path, samples: int, calibration: int, result_p
     from ganaudit.config import AuditConfig
 
     cpu: dict[str, float] = {}
+    stage_peak: dict[str, int] = {}
+    inner: list[list[int]] = []
     timed = audit_module._stage
 
     @contextmanager
     def stage(timings, name):  # also the CPU seconds of each stage (all threads): less load-dependent
+        if inner:  # the enclosing stage's peak until now
+            inner[-1].append(_status_bytes("VmHWM"))
+        _reset_peak()
+        inner.append([])  # the peaks of stages nested in this one (fd in metrics)
         start = time.process_time()
         with timed(timings, name):
             yield
         cpu[name] = round(time.process_time() - start, 3)
+        stage_peak[name] = max([_status_bytes("VmHWM"), *inner.pop()])
+        if inner:
+            inner[-1].append(stage_peak[name])
+        _reset_peak()
 
     audit_module._stage = stage
 
@@ -117,7 +142,7 @@ def one_audit(train: Path, cache: Path, samples: int, calibration: int, result_p
         files[name] = matrix.stat().st_size if matrix.exists() else None
     record = {"n_train": len(np.load(train, mmap_mode="r")), "timings": result.timings, "wall_s": wall,
               "cpu_s": cpu | {"total": round(sum(cpu.values()), 3)}, "load_1min": os.getloadavg()[0],
-              "peak_rss_bytes": _status_bytes("VmHWM"),
+              "peak_rss_bytes": max(_PEAK_SO_FAR, _status_bytes("VmHWM")), "peak_rss_by_stage": stage_peak,
               "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
               "feature_files_bytes": files, "verdict": result.verdict,
               "n_flagged": result.memorization["n_flagged"], "index": result.memorization["index"]["kind"]}

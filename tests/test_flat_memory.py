@@ -10,7 +10,8 @@ import pytest
 import ganaudit.features as features_module
 from ganaudit.metrics.clustering import nearest_centroid
 from ganaudit.metrics.memorization import authentic_mask, mia_auc, within_cell_nearest_distances
-from ganaudit.search.index import FlatIndex
+from ganaudit.metrics.modes import class_distances
+from ganaudit.search.index import FlatIndex, grouped_knn
 
 
 def _status_kib(field: str) -> int:
@@ -125,3 +126,43 @@ def test_authenticity_needs_only_the_matched_rows_and_agrees_with_brute_force(ma
     expected = d[np.arange(len(gen)), nearest] > own.min(1)[nearest]
     np.testing.assert_array_equal(authentic_mask(train, gen), expected)
     assert not authentic_mask(train, gen)[1:3].any()  # near copies of training images
+
+
+def test_grouped_search_equals_one_brute_force_search_per_group(mapped):
+    x, mm = mapped
+    groups = np.random.default_rng(2).integers(0, 5, x.shape[0])
+    groups[groups == 3] = 4  # group 3 is empty
+    q = np.random.default_rng(3).standard_normal((9, 1024), dtype=np.float32)
+    ks = np.array([4, 1, 6, 0, 3])
+    dist, rows = grouped_knn(mm, groups, q, ks, block_size=3000)
+    assert dist[3].shape == rows[3].shape == (9, 0)
+    for g in (0, 1, 2, 4):
+        members = np.flatnonzero(groups == g)
+        sq = _sq_dist(q, x[members])  # numpy, brute force
+        best = np.argsort(sq, axis=1, kind="stable")[:, : ks[g]]
+        np.testing.assert_array_equal(rows[g], members[best])
+        np.testing.assert_allclose(dist[g], np.sqrt(np.take_along_axis(sq, best, 1)), rtol=1e-4)
+
+
+def test_mode_distances_hold_about_one_block_of_a_memory_map(mapped, monkeypatch):
+    """The modes' margin calibration searches each mode's training rows: without gathering them
+    (a gather of every mode's rows in turn left the whole 1.2 GB pixels matrix resident in the
+    100k scale benchmark), and with the same distances as the gathered search."""
+    x, mm = mapped
+    if not _reset_peak():
+        pytest.skip("/proc/self/clear_refs cannot be written here")
+    labels = np.random.default_rng(4).integers(0, 4, x.shape[0])
+    q = np.random.default_rng(5).standard_normal((16, 1024), dtype=np.float32)
+    rows = np.arange(0, x.shape[0], 997)
+    expected = class_distances(x, labels, x[rows], n_modes=4, k=3, self_index=rows)
+    monkeypatch.setattr(features_module, "RESIDENT_BLOCK_BYTES", 2 << 20)  # 2 MiB blocks
+    reference = features_module.take_rows(mm, rows)
+    del x
+    _reset_peak()
+    before = _status_kib("VmRSS")
+    got = class_distances(mm, labels, reference, n_modes=4, k=3, self_index=rows)
+    gen = class_distances(mm, labels, q, n_modes=4, k=3)
+    grown_mib = (_status_kib("VmHWM") - before) / 1024
+    assert grown_mib < 24, f"peak grew by {grown_mib:.0f} MiB over a 64 MiB memory map"
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert gen.shape == (16, 4) and np.isfinite(gen).all()

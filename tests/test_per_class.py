@@ -43,3 +43,33 @@ def test_leaks_are_reported_for_the_class_that_leaks(tiny_sets, tmp_path, capsys
     assert coverage["class_0"]["precision"] > 0.5  # fresh draws of the right class
     assert sum(r["n_samples"] for r in rows.values()) == 180
     assert "Per class (conditional generator)" in (tmp_path / "r.html").read_text()
+
+
+def test_per_class_prdc_is_capped_like_the_whole_sets(tmp_path):
+    """A class's PRDC reads at most coverage_max_real of its training rows (seeded, from a memory
+    map span by span); below the cap it is PRDC of the whole class."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from ganaudit.config import AuditConfig
+    from ganaudit.findings.per_class import per_class_sections
+    from ganaudit.metrics import coverage as cov
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], [300, 40])
+    feats = (rng.standard_normal((340, 8)) + labels[:, None] * 3).astype(np.float32)
+    np.save(tmp_path / "f.npy", feats)
+    mapped = np.load(tmp_path / "f.npy", mmap_mode="r")
+    gen = (rng.standard_normal((60, 8)) + np.repeat([0, 1], 30)[:, None] * 3).astype(np.float32)
+    evidence = SimpleNamespace(
+        train=SimpleNamespace(labels=labels, class_names=["a", "b"]), train_features=mapped,
+        generated=SimpleNamespace(class_labels=np.repeat([0, 1], 30), features=gen),
+        flags=SimpleNamespace(flagged=np.zeros(60, bool)))
+    config = AuditConfig(generator=tmp_path / "g.pt", train=tmp_path, coverage_max_real=100, nearest_k=5)
+    _, rows = per_class_sections(evidence, config)
+    assert rows[0]["n_real"] == 100 and rows[1]["n_real"] == 40
+    whole_b = cov.prdc(feats[labels == 1], gen[30:], nearest_k=5)
+    assert {k: rows[1][k] for k in whole_b} == whole_b
+    again = per_class_sections(evidence, config)[1]
+    assert again == rows  # seeded

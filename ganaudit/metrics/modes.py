@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ganaudit.features import as_features, check_count, check_same_dim
-from ganaudit.search.index import knn
+from ganaudit.features import as_features, check_count, check_same_dim, take_rows
+from ganaudit.search.index import grouped_knn, knn
 from ganaudit.metrics.clustering import kmeans_centroids, nearest_centroid
 
 
@@ -287,7 +287,9 @@ def class_distances(
 ) -> np.ndarray:
     """Mean distance of each query to its ``k`` nearest training samples of each mode.
 
-    One blockwise FAISS search per mode (no query-by-training matrix). A mode with fewer
+    One blockwise pass over the training features for every mode at once
+    (:func:`ganaudit.search.index.grouped_knn`: no mode's rows are gathered, no
+    query-by-training matrix). A mode with fewer
     than ``k`` training samples uses all of them; a mode with none is at infinite distance.
 
     Args:
@@ -311,16 +313,18 @@ def class_distances(
         raise ValueError(f"{labels.shape[0]} train_labels for {train.shape[0]} train_features")
     own = np.full(queries.shape[0], -1) if self_index is None else np.asarray(self_index, np.int64)
     out = np.full((queries.shape[0], n_modes), np.inf)
-    for mode in range(n_modes):
-        members = np.flatnonzero(labels == mode)
-        if members.size == 0 or queries.shape[0] == 0:
-            continue
-        inside = np.isin(own, members)  # queries that are themselves members of this mode
-        kk = min(k + int(inside.any()), members.size)
-        dist, idx = knn(train[members], queries, k=kk)
-        dist = dist.astype(np.float64)
-        dist[members[idx] == own[:, None]] = np.nan  # drop the query's own row
-        usable = min(k, members.size - 1) if inside.any() else min(k, members.size)
+    if queries.shape[0] == 0:
+        return out
+    sizes = np.bincount(labels, minlength=n_modes)[:n_modes]
+    # a mode holding one of the queries' own rows needs one neighbour more (dropped below)
+    own_mode = np.zeros(n_modes, bool)
+    own_mode[np.unique(labels[own[own >= 0]])] = True
+    ks = np.minimum(k + own_mode, sizes)
+    all_dist, all_idx = grouped_knn(train, labels, queries, ks)  # one pass over train, no gather
+    for mode in np.flatnonzero(sizes):
+        dist = all_dist[mode].astype(np.float64)
+        dist[all_idx[mode] == own[:, None]] = np.nan  # drop the query's own row
+        usable = min(k, sizes[mode] - 1) if own_mode[mode] else min(k, sizes[mode])
         # Keep the first `usable` non-dropped distances of each row (nan sorts last).
         kept = np.sort(dist, axis=1)[:, :max(usable, 1)]
         counted = (~np.isnan(kept)).sum(axis=1)
@@ -465,7 +469,7 @@ def confident_modes(
         if rows.size > REFERENCE_MAX:
             rows = np.sort(rng.choice(rows.size, REFERENCE_MAX, replace=False))
         ref_labels = labels[rows]
-        ref_dist = class_distances(train, labels, train[rows], n_modes, k, self_index=rows)
+        ref_dist = class_distances(train, labels, take_rows(train, rows), n_modes, k, self_index=rows)
         method = "train-leave-one-out"
     safe = calibrate_margin(ref_dist, ref_labels, train_counts / train_counts.sum(), min_share_ratio)
     floor = margin_floor(_margins(ref_dist)[1])

@@ -161,6 +161,55 @@ def streamed_knn(database: np.ndarray, queries: np.ndarray, k: int, metric: str,
     return heap.D, heap.I
 
 
+def grouped_knn(database: np.ndarray, groups: np.ndarray, queries: np.ndarray, ks: np.ndarray,
+                block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The ``ks[g]`` nearest database rows of group ``g`` for every query and group, in one pass.
+
+    The same as one exact Euclidean search per group over ``database[groups == g]``, without
+    gathering any group's rows: the database is read block by block in place (a memory map's
+    pages released after each block), and each block's rows of each group are searched and
+    merged into that group's heap.
+
+    Args:
+        database: ``(N, D)`` float32, C-contiguous.
+        groups: ``(N,)`` int group of each row, in ``[0, G)``.
+        queries: ``(M, D)`` float32, C-contiguous.
+        ks: ``(G,)`` neighbours per group; ``ks[g]`` at most the size of group ``g`` (0 for an
+            empty group, which gets ``(M, 0)`` arrays).
+
+    Returns:
+        ``(distances, rows)``: two lists of G arrays ``(M, ks[g])``, Euclidean distances
+        (float32) and database row indices (int64), best first.
+    """
+    import faiss
+
+    ks = np.asarray(ks, dtype=np.int64)
+    heaps = [faiss.ResultHeap(queries.shape[0], int(k), keep_max=False) if k > 0 else None for k in ks]
+    if is_mapped(database):
+        block_size = block_rows(database.shape[1], block_size)
+    for start in range(0, database.shape[0], block_size):
+        block = database[start : start + block_size]
+        block_groups = groups[start : start + block_size]
+        for g in np.unique(block_groups):
+            if not 0 <= g < len(heaps) or heaps[g] is None:  # a group nobody asked for
+                continue
+            rows = np.flatnonzero(block_groups == g)
+            dist, idx = faiss.knn(queries, np.ascontiguousarray(block[rows]), min(int(ks[g]), rows.size),
+                                  metric=faiss.METRIC_L2)
+            heaps[g].add_result(dist, (rows + start)[idx])
+        release_pages(database)
+    distances, indices = [], []
+    for heap in heaps:
+        if heap is None:
+            distances.append(np.zeros((queries.shape[0], 0), np.float32))
+            indices.append(np.zeros((queries.shape[0], 0), np.int64))
+            continue
+        heap.finalize()
+        distances.append(np.sqrt(np.maximum(heap.D, 0.0)))
+        indices.append(heap.I)
+    return distances, indices
+
+
 def flat_blocks(database: np.ndarray, metric: str, block_size: int, gpu: int | None, resources):
     """Yield ``(first row, exact faiss index over rows [first, first + block_size))``.
 
