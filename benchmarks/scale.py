@@ -8,14 +8,15 @@ CPU, with the ``pixels`` embedder (copy search on its ``pixels-copy`` descriptor
 default test-time augmentations), ``--modes 10`` and a fresh embedding cache (cold: every stage is timed
 from nothing)::
 
-    nice -n 10 python benchmarks/scale.py --sizes 10000 30000 100000 [--samples 200] \\
+    nice -n 10 python benchmarks/scale.py --sizes 10000 30000 100000 1000000 [--samples 200] \\
         [--calibration 200] [--workdir DIR] [--out benchmarks/results/scale.json]
 
 Reported per size: each stage's seconds (the result's ``timings``), the peak resident set
 and CPU seconds (all threads: less sensitive to other jobs on a shared machine than wall
 time) of the audit's process, its peak resident set (``VmHWM``, which counts the pages of memory-mapped files that were
 resident too; also per stage, ``peak_rss_by_stage``: the peak is reset at each stage's start
-through ``/proc/self/clear_refs``, so each figure is that stage's own), the size of the training copy-feature file (``features.npy`` of the
+through ``/proc/self/clear_refs``, so each figure is that stage's own; ``ru_maxrss_bytes`` is then
+the kernel's peak since the last reset, not the whole run's), the size of the training copy-feature file (``features.npy`` of the
 ``pixels-copy`` cache entry) and their ratio. Then, per stage, the growth exponent ``b`` of
 ``time ≈ a · N^b`` fitted by least squares on log–log over the sizes (stages under 0.05 s at
 every size are too small to fit and are left out), and the same for peak RSS above the
