@@ -149,14 +149,18 @@ def embed_all(images, embedder) -> np.ndarray:
 
 
 def _figures(section, prefix=""):
-    """Every number of a result section, by dotted path."""
+    """Every number of a result section, by dotted path; an entry of a list that names its sample
+    or training image is keyed by them, not by its place (entries sorted by a score can swap
+    where two scores tie at float32 noise: samples that copy one image exactly)."""
     out = {}
     if isinstance(section, dict):
         for k, v in section.items():
             out.update(_figures(v, f"{prefix}{k}."))
     elif isinstance(section, list):
         for i, v in enumerate(section):
-            out.update(_figures(v, f"{prefix}{i}."))
+            named = isinstance(v, dict) and ("sample_index" in v or "train_index" in v)
+            key = f"s{v.get('sample_index')}t{v.get('train_index')}" if named else i
+            out.update(_figures(v, f"{prefix}{key}."))
     elif isinstance(section, (int, float)) and not isinstance(section, bool):
         out[prefix.rstrip(".")] = float(section)
     return out
@@ -166,8 +170,16 @@ def assert_same_audit(local: dict, distributed: dict) -> None:
     """Same verdict, same flagged list, every figure equal to float32 precision."""
     assert distributed["verdict"] == local["verdict"]
     keys = ("sample_index", "seed", "train_index", "augmentation")
-    assert ([{k: f.get(k) for k in keys} for f in distributed["memorization"]["flagged"]]
-            == [{k: f.get(k) for k in keys} for f in local["memorization"]["flagged"]])
+
+    def flagged(result):  # by sample: the list is sorted by score, and samples that copy the same
+        # image exactly tie at float32 noise (their order may differ; their scores may not)
+        return sorted(({k: f.get(k) for k in keys} for f in result["memorization"]["flagged"]),
+                      key=lambda f: f["sample_index"])
+
+    assert flagged(distributed) == flagged(local)
+    scores = [{f["sample_index"]: f["score"] for f in r["memorization"]["flagged"]} for r in (local, distributed)]
+    for i, score in scores[0].items():
+        assert scores[1][i] == pytest.approx(score, rel=1e-5, abs=1e-5), i
     assert [g["status"] for g in distributed["gates"]] == [g["status"] for g in local["gates"]]
     for section in ("memorization", "coverage"):
         a, b = _figures(local[section]), _figures(distributed[section])
