@@ -318,7 +318,8 @@ def class_distances(
     sizes = np.bincount(labels, minlength=n_modes)[:n_modes]
     # a mode holding one of the queries' own rows needs one neighbour more (dropped below)
     own_mode = np.zeros(n_modes, bool)
-    own_mode[np.unique(labels[own[own >= 0]])] = True
+    own_labels = labels[own[own >= 0]]
+    own_mode[own_labels[(own_labels >= 0) & (own_labels < n_modes)]] = True
     ks = np.minimum(k + own_mode, sizes)
     all_dist, all_idx = grouped_knn(train, labels, queries, ks)  # one pass over train, no gather
     for mode in np.flatnonzero(sizes):
