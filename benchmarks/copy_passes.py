@@ -66,9 +66,10 @@ def img_per_s(embedder, images: torch.Tensor, batch: int, repeats: int) -> float
 
 def passes(embedder, copy_embedder, queries: torch.Tensor, database: torch.Tensor) -> dict:
     """Images through each embedder per query while a CopySearcher embeds and searches them."""
-    index = FlatIndex(copy_embedder.embed(database), copy_embedder.spec.metric)
+    train_features = copy_embedder.embed(database)
+    index = FlatIndex(train_features, copy_embedder.spec.metric)
     searcher = CopySearcher(index, copy_embedder, copy_embedder.spec.copy_tta, copy_k=3,
-                            embedder=None if copy_embedder is embedder else embedder)
+                            embedder=None if copy_embedder is embedder else embedder, train_features=train_features)
     before = {id(e): e.images_embedded for e in (embedder, copy_embedder)}
     _, _, matches = searcher(queries)
     per = {e.spec.name: (e.images_embedded - before[id(e)]) / len(queries)

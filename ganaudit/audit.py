@@ -103,12 +103,13 @@ def _audit(config: AuditConfig, engine) -> tuple[AuditResult, AuditContext]:
                                    config.seed, faiss_gpu_id(device),
                                    Path(cache_dir) / "indexes" if cache_dir else None)
     tta = config.tta if config.tta is not None else copy_embedder.spec.copy_tta
-    searcher = CopySearcher(index, copy_embedder, tta, config.copy_k, embedder=embedder, rank_by=policy.rank_by)
+    searcher = CopySearcher(index, copy_embedder, tta, config.copy_k, embedder=embedder, rank_by=policy.rank_by,
+                            train_features=train_copy_feats)
     region_run = None
     if config.regions:
         with _stage(timings, "region_index"):
             region_run = _region_index(config, train, copy_embedder, device, cache_dir)
-    embedded_before = {id(e): e.images_embedded for e in (embedder, copy_embedder)}
+    embedded_before = {id(e): e.images_embedded for e in (embedder, copy_embedder)}  # (no refinement ran yet)
     with _stage(timings, "sample_embed_search"):
         streamed = fd_run.tap(source) if fd_run else source
         # a tapped source (FD spaces, regions) is sampled on the driver whatever the engine
@@ -117,7 +118,7 @@ def _audit(config: AuditConfig, engine) -> tuple[AuditResult, AuditContext]:
                                             "sampling + search" + (" + regions" if region_run else ""),
                                             config.progress, RECALL_QUERIES, config)
     passes = _passes_per_sample(embedded_before, (embedder, copy_embedder), len(generated.matches.score),
-                                len(generated.matches.names))
+                                len(generated.matches.names) - int(searcher.refines), searcher.refined_images)  # "refined" is no grid variant
     # near-duplicates under a published copy threshold too (SSCD's cosine), whatever the policy
     published = copy_embedder.spec.copy_threshold if copy_embedder.spec.metric == "ip" else None
     with _stage(timings, "calibrate"):  # reference hygiene first: duplicates and blanks never calibrate
@@ -198,22 +199,27 @@ def _region_index(config: AuditConfig, train, copy_embedder, device, cache_dir):
     return tiles, index, regions.RegionSearcher(index, tiles, copy_embedder, config.copy_k)
 
 
-def _passes_per_sample(before: dict, embedders, n_samples: int, n_variants: int) -> dict:
+def _passes_per_sample(before: dict, embedders, n_samples: int, n_variants: int, refined: int = 0) -> dict:
     """What embedding the generated samples cost: images through each embedder per sample, and
     the forward passes of networks (embedders with weights) per sample.
 
     Counted on this process's embedders; where the samples were embedded elsewhere (Ray
     actors run ``embed_variants``: every variant through the copy embedder, the image once
     through the audit's embedder when it is another one) nothing was counted here, and the
-    same passes are those of the variants searched."""
+    same passes are those of the variants searched. ``refined`` samples were aligned by the
+    ``refine`` step (``search.align``), on this process whatever the engine: each embedded
+    once more (its gradient steps are not counted); ``refined_fraction`` is their share."""
     main, copy = embedders
     per = {}
+    n = max(n_samples, 1)
     for e in embedders:
-        per[e.spec.name] = (e.images_embedded - before[id(e)]) / max(n_samples, 1)
+        per[e.spec.name] = (e.images_embedded - before[id(e)]) / n
+    per[copy.spec.name] -= refined / n
     if n_samples and not any(per.values()):  # embedded on the cluster
         per = {copy.spec.name: float(n_variants)} | ({} if main is copy else {main.spec.name: 1.0})
+    per[copy.spec.name] += refined / n
     network = sum(per[e.spec.name] for e in {id(e): e for e in embedders}.values() if e.is_network)
-    return {"passes_per_sample": per, "network_passes_per_sample": network}
+    return {"passes_per_sample": per, "network_passes_per_sample": network, "refined_fraction": refined / n}
 
 
 def open_generated(config: AuditConfig, device):

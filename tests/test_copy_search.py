@@ -13,15 +13,20 @@ from ganaudit.search import augment
 from ganaudit.config import AuditConfig
 from ganaudit.search.copy_search import CopySearcher, Matches, _keep_best
 from ganaudit.embedders import create_embedder
-from ganaudit.embedders.pixels import COPY_BLUR_SIGMA, COPY_WINDOW, blur_matrix, gaussian_taps
+from ganaudit.embedders.pixels import COPY_BLUR_SIGMA, COPY_CENTRE, COPY_WINDOW, blur_matrix, gaussian_taps
 from ganaudit.search.index import FlatIndex
 from ganaudit.metrics.copy_stats import calibrate_threshold
 from ganaudit.search.calibration import Reference, decide_flags, threshold_policy
 
 
 def _reference_descriptor(x: torch.Tensor) -> np.ndarray:
-    """pixels-copy written out independently: luminance, Gaussian window about the centre after
-    removing the windowed mean, replicate-padded Gaussian convolution, unit norm."""
+    """pixels-copy written out independently: the centre part of each side resized back to 32 px,
+    luminance, Gaussian window about the centre after removing the windowed mean,
+    replicate-padded Gaussian convolution, unit norm."""
+    n = x.shape[-1]
+    border = round(n * (1 - COPY_CENTRE) / 2)  # 3 of 32 pixels per side: the centre 26
+    x = F.interpolate(x[..., border : n - border, border : n - border], size=32, mode="bicubic", antialias=True,
+                      align_corners=False).clamp(0, 1)
     y = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     t = (torch.arange(32, dtype=torch.float32) + 0.5) / 32 - 0.5
     g = torch.exp(-(t**2) / (2 * COPY_WINDOW**2))
@@ -64,7 +69,7 @@ def test_pixels_declares_its_copy_descriptor_and_its_augmentations():
     pixels = create_embedder("pixels", "cpu")
     assert pixels.spec.copy_embedder == "pixels-copy"
     assert create_embedder("pixels-copy", "cpu").spec.copy_tta == ("flip", "shift-grid", "zoom", "rotate", "crop",
-                                                                    "hue")
+                                                                    "hue", "refine")
 
 
 @pytest.mark.parametrize("augs", [(), ("flip",), ("shift",), ("flip", "shift"), ("shift-grid",),
@@ -108,8 +113,9 @@ def shapes():
     train = load_folder_as_tensor(FIXTURES / "data" / "train")
     holdout = load_folder_as_tensor(FIXTURES / "data" / "holdout")
     copy = create_embedder("pixels-copy", "cpu")
-    index = FlatIndex(copy.embed(train), copy.spec.metric)
-    searcher = CopySearcher(index, copy, copy.spec.copy_tta, copy_k=50, embedder=create_embedder("pixels", "cpu"))
+    feats = copy.embed(train)
+    searcher = CopySearcher(FlatIndex(feats, copy.spec.metric), copy, copy.spec.copy_tta, copy_k=50,
+                            embedder=create_embedder("pixels", "cpu"), train_features=feats)
     return train, holdout, searcher
 
 
@@ -123,7 +129,7 @@ def test_slightly_cropped_copies_are_found(shapes):
         _, _, found = searcher(cropped)
         caught = (found.score < threshold) & (found.train_index == picked)
         assert caught.mean() >= share, f"crop {c}px: {caught.sum()} of {len(picked)}"
-        assert {found.names[a].split("(")[0] for a in found.augmentation[caught]} & {"zoom", "crop"}
+        assert {found.names[a].split("(")[0] for a in found.augmentation[caught]} & {"zoom", "crop", "refined"}
 
 
 def test_images_of_the_distribution_are_flagged_at_rate_alpha(shapes):

@@ -121,10 +121,11 @@ def test_small_planted_set_recall_per_kind_and_false_flags():
                               kinds=kinds)
     copy = create_embedder("pixels-copy", "cpu")
     train = _tensor(planted.train)
-    index = FlatIndex(copy.embed(train), copy.spec.metric)
+    train_feats = copy.embed(train)
+    index = FlatIndex(train_feats, copy.spec.metric)
 
     def flags_for(tta):
-        searcher = CopySearcher(index, copy, tta, copy_k=50)
+        searcher = CopySearcher(index, copy, tta, copy_k=50, train_features=train_feats)
         gen, ref = searcher(_tensor(planted.samples))[2], searcher(_tensor(planted.holdout))[2]
         reference = Reference(ref, None, {"method": "holdout", "n_reference": len(planted.holdout)})
         return decide_flags(gen, reference, threshold_policy(copy.spec, "auto"), 0.01, 0.05, 50).flagged

@@ -39,6 +39,7 @@ class EmbedderSpec:
             ``--tta`` says otherwise.
         region_embedder: registry name of the embedder region search (``--regions``) cuts
             tiles into when this one is the copy embedder; None: this one.
+        centre_crop: the centre fraction of each side kept before resizing (1: the whole image).
     """
 
     name: str
@@ -56,6 +57,7 @@ class EmbedderSpec:
     copy_embedder: str | None = None
     copy_tta: tuple[str, ...] = ("flip", "shift")
     region_embedder: str | None = None
+    centre_crop: float = 1.0
 
 
 class Embedder:
@@ -116,11 +118,14 @@ class Embedder:
         if self.device.type == "cuda" and not images.is_cuda and not images.is_pinned():
             images = images.pin_memory()  # lets the copy below overlap with compute
         images = images.to(self.device, dtype=torch.float32, non_blocking=True)
+        if self.spec.centre_crop < 1.0:
+            images = centre_crop(images, self.spec.centre_crop)
         if tuple(images.shape[-2:]) != tuple(self.spec.input_size):
             images = _resize(images, tuple(self.spec.input_size), self.spec.resize)
         if self._mean_std is None:
-            self._mean_std = tuple(torch.tensor(v, device=self.device).view(1, 3, 1, 1)
-                                   for v in (self.spec.mean, self.spec.std))
+            with torch.inference_mode(False):  # usable where gradients flow too (search.align)
+                self._mean_std = tuple(torch.tensor(v, device=self.device).view(1, 3, 1, 1)
+                                       for v in (self.spec.mean, self.spec.std))
         mean, std = self._mean_std
         return ((images - mean) / std).contiguous(memory_format=torch.channels_last)
 
@@ -149,6 +154,13 @@ class Embedder:
         if self.spec.l2_normalized:
             feats = F.normalize(feats, dim=1)
         return feats.cpu().numpy().astype(np.float32, copy=False)
+
+
+def centre_crop(images: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The centre ``fraction`` of each side of ``(B, C, H, W)`` images (whole pixels, symmetric)."""
+    h, w = images.shape[-2:]
+    top, left = round(h * (1 - fraction) / 2), round(w * (1 - fraction) / 2)
+    return images[..., top : h - top, left : w - left]
 
 
 def _resize(images: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:

@@ -205,7 +205,10 @@ class RayEngine:
         with progress_bar(len(source), label + " (search)", progress) as bar:
             for indices, names, variant_feats, features, batch_labels, batch_contrast in batches:
                 contrast.append(batch_contrast)
-                matches.append(searcher.search_embedded(names, variant_feats))
+                found = searcher.search_embedded(names, variant_feats)
+                if searcher.refines:  # the few images it aligns are drawn again here (seeded: the same images)
+                    found = searcher.refine(found, lambda rows, at=indices: source.images(at[rows]))
+                matches.append(found)
                 feats.append(features)
                 if kept < keep_copy_features:
                     copy_feats.append(variant_feats[0][: keep_copy_features - kept])

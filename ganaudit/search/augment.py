@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where images are made, so the names above load without it
     import torch
 
-AUGMENTATIONS = ("flip", "shift", "shift-grid", "zoom", "rotate", "crop", "hue")
+AUGMENTATIONS = ("flip", "shift", "shift-grid", "zoom", "rotate", "crop", "hue", "refine")
 SHIFT_PIXELS = 2
 GRID_PIXELS = 3
 ZOOM_PIXELS = (1, 2, 3)
@@ -24,7 +24,7 @@ HUE_SHIFTS = (-0.12, -0.09, -0.06, -0.03, 0.03, 0.06, 0.09, 0.12)  # fractions o
 # Families are calibrated apart (``ganaudit.search.calibration``): a variant of one family
 # gives non-copies extra chances only against that family's threshold.
 FAMILIES = {"identity": "aligned", "hflip": "aligned", "shift": "shift", "zoom": "shift",
-            "rotate": "geometric", "crop": "geometric", "hue": "colour"}
+            "rotate": "geometric", "crop": "geometric", "hue": "colour", "refined": "geometric"}
 
 
 def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -52,6 +52,9 @@ def variants(images: torch.Tensor, augmentations: tuple[str, ...]) -> Iterator[t
       (torchvision's ``adjust_hue``): undoes a hue shift of up to about 0.135 of the wheel
       to within 0.015, so a luminance descriptor sees the copy's own brightness pattern again.
       Grey images are unchanged by it.
+
+    ``"refine"`` yields nothing here: it refines the best of these variants after the search
+    (``ganaudit.search.align``; its results are named ``"refined"``).
     """
     yield "identity", images
     if "flip" in augmentations:

@@ -40,6 +40,9 @@ class Matches:
         family_score: ``(M, F)`` the best score within each augmentation family (the
             ``families``, ``ganaudit.search.augment.FAMILIES``), float64; None when unknown.
         families: the families searched, in ``family_score``'s column order.
+        align_start, align_train: ``(M,)`` the variant (index into ``names``) with the best
+            score among the shift and geometric families, and its training match: where
+            ``"refine"`` starts (``ganaudit.search.align``); None when those were not searched.
     """
 
     score: np.ndarray
@@ -50,15 +53,18 @@ class Matches:
     names: list[str]
     family_score: np.ndarray | None = None
     families: list[str] | None = None
+    align_start: np.ndarray | None = None
+    align_train: np.ndarray | None = None
 
     @staticmethod
     def concatenate(parts: list["Matches"]) -> "Matches":
         fields = ("score", "distance", "similarity", "train_index", "augmentation")
         joined = {f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}
-        per_family = None
-        if all(p.family_score is not None for p in parts):
-            per_family = np.concatenate([p.family_score for p in parts])
-        return Matches(**joined, names=parts[0].names, family_score=per_family, families=parts[0].families)
+        optional = {}
+        for name in ("family_score", "align_start", "align_train"):
+            if all(getattr(p, name) is not None for p in parts):
+                optional[name] = np.concatenate([getattr(p, name) for p in parts])
+        return Matches(**joined, names=parts[0].names, families=parts[0].families, **optional)
 
 
 class CopySearcher:
@@ -73,10 +79,12 @@ class CopySearcher:
         rank_by: what picks an image's best variant: the lowest ``"score"`` (calibrated
             flags), the highest ``"similarity"`` or the lowest ``"distance"`` (absolute
             thresholds on those).
+        train_features: the ``(N, D')`` training copy features the index holds (a memory map
+            is fine: only the rows an image is aligned with are read); needed by ``"refine"``.
     """
 
     def __init__(self, index: SearchIndex, copy_embedder: Embedder, augmentations: tuple[str, ...], copy_k: int,
-                 embedder: Embedder | None = None, rank_by: str = "score"):
+                 embedder: Embedder | None = None, rank_by: str = "score", train_features: np.ndarray | None = None):
         if rank_by not in ("score", "similarity", "distance"):
             raise ValueError(f"rank_by must be score, similarity or distance, got {rank_by!r}")
         self.rank_by = rank_by
@@ -85,6 +93,11 @@ class CopySearcher:
         self.embedder = embedder if embedder is not None else copy_embedder
         self.augmentations = augmentations
         self.k = min(copy_k, index.ntotal - 2)
+        self.train_features = train_features
+        self.refines = "refine" in augmentations
+        self.refined_images = 0  # images aligned by ``refine`` so far (each embedded once more)
+        if self.refines and train_features is None:
+            raise ValueError("the refine augmentation needs the training copy features (train_features)")
         self._warned = False
         if self.k < 1:
             raise ValueError("the training set needs at least 3 images")
@@ -110,7 +123,10 @@ class CopySearcher:
             self._warned = True
             log.warning("images of %dx%d px are too small to zoom out; copy search skips the zoom variants",
                         *images.shape[-2:])
-        return features, variant_feats[0], self.search_embedded(names, variant_feats, exclude)
+        matches = self.search_embedded(names, variant_feats, exclude)
+        if self.refines:
+            matches = self.refine(matches, lambda rows: images[rows], exclude)
+        return features, variant_feats[0], matches
 
     def search_embedded(self, names: list[str], variant_feats: list[np.ndarray],
                         exclude: np.ndarray | None = None) -> Matches:
@@ -121,24 +137,77 @@ class CopySearcher:
                 per variant, the identity first), wherever it ran.
             exclude: as for ``__call__``.
         """
-        best, pending, family_best = None, [], {}
+        best, pending, family_best, start = None, [], {}, {}
         for j, feats in enumerate(variant_feats):
             pending.append(feats)
             if len(pending) * len(feats) >= SEARCH_GROUP:
-                best = self._search_group(pending, exclude, names, j + 1 - len(pending), best, family_best)
+                best = self._search_group(pending, exclude, names, j + 1 - len(pending), best, family_best, start)
                 pending = []
         if pending:
             best = self._search_group(pending, exclude, names, len(variant_feats) - len(pending), best,
-                                      family_best)
-        best.names = list(names)
+                                      family_best, start)
+        best.names = list(names) + (["refined"] if self.refines else [])
         best.families = list(family_best)
         best.family_score = np.stack([family_best[f] for f in best.families], axis=1)
+        if start:
+            best.align_start, best.align_train = start["variant"], start["train"]
         return best
 
+    def refine(self, matches: Matches, images_of, exclude: np.ndarray | None = None) -> Matches:
+        """``matches`` with each image's best shift or geometric variant aligned finely to its
+        training match and searched again (``ganaudit.search.align``), where that variant's
+        score is below ``align.REFINE_BELOW``; the result counts in the geometric family (the
+        shift family when no geometric variant ran) and is named ``"refined"``.
+
+        Args:
+            matches: one batch's matches from :meth:`search_embedded`.
+            images_of: ``rows -> (len(rows), 3, H, W)`` the batch's images at those rows (drawn
+                again on the driver when the search ran on a cluster).
+            exclude: as for ``__call__``.
+        """
+        from ganaudit.search import align
+
+        if matches.align_start is None or matches.families is None:
+            if not self._warned:
+                self._warned = True
+                log.warning("refine: no shift or geometric variant was searched to start from; nothing is refined")
+            return matches
+        fam = "geometric" if "geometric" in matches.families else "shift"
+        column = matches.families.index(fam)
+        start_score = matches.family_score[:, [matches.families.index(f) for f in ("shift", "geometric")
+                                               if f in matches.families]].min(axis=1)
+        rows = np.flatnonzero(start_score < align.REFINE_BELOW)
+        if len(rows) == 0:
+            return matches
+        images = images_of(rows)
+        h, w = images.shape[-2:]
+        start = np.array([align.variant_params(matches.names[v], h, w) for v in matches.align_start[rows]])
+        order = np.argsort(matches.align_train[rows], kind="stable")  # a memory map reads rows in order
+        targets = np.empty((len(rows), self.train_features.shape[1]), np.float32)
+        targets[order] = self.train_features[matches.align_train[rows][order]]
+        params, _ = align.refine(self.copy_embedder, images, start, targets)
+        self.refined_images += len(rows)
+        import torch
+
+        with torch.no_grad():
+            view = align.warp(images.to(self.copy_embedder.device, torch.float32),
+                              torch.as_tensor(params, dtype=torch.float32, device=self.copy_embedder.device))
+        feats = self.copy_embedder.embed(view)
+        raw, idx = self.index.search(feats, self.k + 1, exclude=None if exclude is None else exclude[rows])
+        current = matches_from_search(raw, idx, self.index.metric, len(matches.names) - 1)
+        matches.family_score[rows, column] = np.minimum(matches.family_score[rows, column], current.score)
+        held = Matches(**{f: getattr(matches, f)[rows] for f in
+                          ("score", "distance", "similarity", "train_index", "augmentation")}, names=[])
+        held = _keep_best(held, current, self.rank_by)
+        for f in ("score", "distance", "similarity", "train_index", "augmentation"):
+            getattr(matches, f)[rows] = getattr(held, f)
+        return matches
+
     def _search_group(self, group: list[np.ndarray], exclude: np.ndarray | None, names: list[str], first: int,
-                      best: Matches | None, family_best: dict[str, np.ndarray]) -> Matches:
+                      best: Matches | None, family_best: dict[str, np.ndarray], start: dict) -> Matches:
         """Search several variants' features in one call (``names[first:]``); fold each into
-        ``best`` and into its family's best score."""
+        ``best``, into its family's best score and, for shift and geometric variants, into
+        ``start`` (where ``refine`` begins: ``score``, ``variant``, ``train`` per image)."""
         n = len(group[0])
         excluded = None if exclude is None else np.tile(exclude, len(group))
         raw, idx = self.index.search(np.concatenate(group), self.k + 1, exclude=excluded)
@@ -148,6 +217,15 @@ class CopySearcher:
             fam = family(names[first + j])
             held = family_best.get(fam)
             family_best[fam] = current.score.copy() if held is None else np.minimum(held, current.score)
+            if fam in ("shift", "geometric"):
+                if not start:
+                    start.update(score=current.score.copy(), variant=current.augmentation.copy(),
+                                 train=current.train_index.copy())
+                else:
+                    better = current.score < start["score"]
+                    for key, value in (("score", current.score), ("variant", current.augmentation),
+                                       ("train", current.train_index)):
+                        start[key][better] = value[better]
             best = current if best is None else _keep_best(best, current, self.rank_by)
         return best
 
