@@ -109,7 +109,7 @@ def _audit(config: AuditConfig, engine) -> tuple[AuditResult, AuditContext]:
     if config.regions:
         with _stage(timings, "region_index"):
             region_run = _region_index(config, train, copy_embedder, device, cache_dir)
-    embedded_before = {id(e): e.images_embedded for e in (embedder, copy_embedder)}  # (no refinement ran yet)
+    embedded_before = {id(e): e.images_embedded for e in (embedder, copy_embedder)}
     with _stage(timings, "sample_embed_search"):
         streamed = fd_run.tap(source) if fd_run else source
         # a tapped source (FD spaces, regions) is sampled on the driver whatever the engine
@@ -117,8 +117,9 @@ def _audit(config: AuditConfig, engine) -> tuple[AuditResult, AuditContext]:
         generated = engine.search_generated(tapped, searcher, config.batch_size,
                                             "sampling + search" + (" + regions" if region_run else ""),
                                             config.progress, RECALL_QUERIES, config)
+    grid_variants = len(generated.matches.names) - int(searcher.refines)  # "refined" is not embedded up front
     passes = _passes_per_sample(embedded_before, (embedder, copy_embedder), len(generated.matches.score),
-                                len(generated.matches.names) - int(searcher.refines), searcher.refined_images)  # "refined" is no grid variant
+                                grid_variants, searcher.refined_images)
     # near-duplicates under a published copy threshold too (SSCD's cosine), whatever the policy
     published = copy_embedder.spec.copy_threshold if copy_embedder.spec.metric == "ip" else None
     with _stage(timings, "calibrate"):  # reference hygiene first: duplicates and blanks never calibrate

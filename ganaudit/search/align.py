@@ -3,8 +3,8 @@
 The test-time grids (``ganaudit.search.augment``) re-align a moved, cropped or rotated copy
 only to within half a grid step, and the copy descriptor is sharp: on the 64 px hard-edit
 photos a shift of half a pixel (of the 32 px descriptor) costs a distance of about 0.13, as
-much as separates many crop copies from images that are merely alike (benchmarks/hard_edits.py;
-crop copies' best grid variant had median distance 0.087 to their source, 0.007 at the exact
+much as separates many crop copies from images that are merely alike (benchmarks/hard_edits.py, the
+descriptor's centre at 70%; crop copies' best grid variant had median distance 0.087 to their source, 0.007 at the exact
 inverse crop). So the ``"refine"`` augmentation takes each image's best variant of the
 shift and geometric families, and, when its score is below ``REFINE_BELOW``, optimises the
 similarity transform (angle, scale, translation) by gradient ascent on the cosine between

@@ -16,7 +16,7 @@ import numpy as np
 
 from ganaudit.errors import GanauditError
 from ganaudit.metrics import copy_stats
-from ganaudit.search.copy_search import CopySearcher, Matches, search_source
+from ganaudit.search.copy_search import ROW_FIELDS, CopySearcher, Matches, search_source
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class Reference:
     def subset(self, keep: np.ndarray) -> "Reference":
         """The reference images where ``keep`` (bool) is True; features and info unchanged."""
         m = self.matches
-        fields = {f: getattr(m, f)[keep] for f in ("score", "distance", "similarity", "train_index", "augmentation")}
+        fields = {f: getattr(m, f)[keep] for f in ROW_FIELDS}
         pick = (lambda a: None if a is None else a[keep])
         return Reference(Matches(**fields, names=m.names, family_score=pick(m.family_score), families=m.families),
                          self.features, dict(self.info), pick(self.origin),

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 # Variants are searched together until this many queries have gathered (fewer, larger
 # searches; the features of one group are at most SEARCH_GROUP x D floats).
 SEARCH_GROUP = 4096
+# Matches' per-image arrays (the rest of a Matches is per batch, or optional)
+ROW_FIELDS = ("score", "distance", "similarity", "train_index", "augmentation")
 
 
 @dataclass
@@ -58,8 +60,7 @@ class Matches:
 
     @staticmethod
     def concatenate(parts: list["Matches"]) -> "Matches":
-        fields = ("score", "distance", "similarity", "train_index", "augmentation")
-        joined = {f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}
+        joined = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ROW_FIELDS}
         optional = {}
         for name in ("family_score", "align_start", "align_train"):
             if all(getattr(p, name) is not None for p in parts):
@@ -187,8 +188,6 @@ class CopySearcher:
         targets[order] = self.train_features[matches.align_train[rows][order]]
         params, _ = align.refine(self.copy_embedder, images, start, targets)
         self.refined_images += len(rows)
-        import torch
-
         with torch.no_grad():
             view = align.warp(images.to(self.copy_embedder.device, torch.float32),
                               torch.as_tensor(params, dtype=torch.float32, device=self.copy_embedder.device))
@@ -196,10 +195,9 @@ class CopySearcher:
         raw, idx = self.index.search(feats, self.k + 1, exclude=None if exclude is None else exclude[rows])
         current = matches_from_search(raw, idx, self.index.metric, len(matches.names) - 1)
         matches.family_score[rows, column] = np.minimum(matches.family_score[rows, column], current.score)
-        held = Matches(**{f: getattr(matches, f)[rows] for f in
-                          ("score", "distance", "similarity", "train_index", "augmentation")}, names=[])
-        held = _keep_best(held, current, self.rank_by)
-        for f in ("score", "distance", "similarity", "train_index", "augmentation"):
+        held = _keep_best(Matches(**{f: getattr(matches, f)[rows] for f in ROW_FIELDS}, names=[]), current,
+                          self.rank_by)
+        for f in ROW_FIELDS:
             getattr(matches, f)[rows] = getattr(held, f)
         return matches
 
@@ -279,7 +277,7 @@ def matches_from_search(raw: np.ndarray, idx: np.ndarray, metric: str, augmentat
 def _keep_best(a: Matches, b: Matches, rank_by: str) -> Matches:
     """``a`` with the rows where ``b`` is better by ``rank_by`` replaced (ties keep ``a``)."""
     take_b = b.similarity > a.similarity if rank_by == "similarity" else getattr(b, rank_by) < getattr(a, rank_by)
-    for name in ("score", "distance", "similarity", "train_index", "augmentation"):
+    for name in ROW_FIELDS:
         getattr(a, name)[take_b] = getattr(b, name)[take_b]
     return a
 
