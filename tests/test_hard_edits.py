@@ -107,10 +107,11 @@ def _matches(per_family: np.ndarray, families: list[str]) -> Matches:
 # Kinds whose recall the small set must show, at least (the benchmark's full sets give the
 # figures in docs/benchmarks.md; this small set has 8 copies per kind, so the floor is lower).
 # Crops and pairs with JPEG-30 miss the 0.9 on the full sets too (docs/benchmarks.md):
-# here they must at least be found at all.
+# here they must at least be found at all. hue+crop: 6 of 8 here since refinement starts from
+# the best grid hue shift, 3 of 8 before.
 FLOOR = {"exact": 0.75, "hflip": 0.75, "jpeg70": 0.75, "brightness": 0.75, "grayscale": 0.75, "rotate": 0.75,
          "saturation": 0.75, "grayscale+rotate": 0.75, "jpeg30": 0.5, "shift": 0.5, "rotate+jpeg30": 0.125,
-         "crop": 0.125, "hue": 0.75}
+         "crop": 0.125, "hue": 0.75, "crop+rotate": 0.5, "hue+crop": 0.625}
 
 
 def test_small_planted_set_recall_per_kind_and_false_flags():

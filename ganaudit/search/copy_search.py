@@ -175,7 +175,9 @@ class CopySearcher:
             return matches
         fam = "geometric" if "geometric" in matches.families else "shift"
         column = matches.families.index(fam)
-        start_score = matches.family_score[:, [matches.families.index(f) for f in ("shift", "geometric")
+        # the colour family counts for the screen too: a hue-shifted crop's best geometric
+        # variant can score far worse than its best hue variant, which refinement combines
+        start_score = matches.family_score[:, [matches.families.index(f) for f in ("shift", "geometric", "colour")
                                                if f in matches.families]].min(axis=1)
         rows = np.flatnonzero(start_score < align.REFINE_BELOW)
         if len(rows) == 0:
@@ -188,10 +190,7 @@ class CopySearcher:
         targets[order] = self.train_features[matches.align_train[rows][order]]
         params, _ = align.refine(self.copy_embedder, images, start, targets)
         self.refined_images += len(rows)
-        with torch.no_grad():
-            view = align.warp(images.to(self.copy_embedder.device, torch.float32),
-                              torch.as_tensor(params, dtype=torch.float32, device=self.copy_embedder.device))
-        feats = self.copy_embedder.embed(view)
+        feats = align.embed_transformed(self.copy_embedder, images, params)
         raw, idx = self.index.search(feats, self.k + 1, exclude=None if exclude is None else exclude[rows])
         current = matches_from_search(raw, idx, self.index.metric, len(matches.names) - 1)
         matches.family_score[rows, column] = np.minimum(matches.family_score[rows, column], current.score)
