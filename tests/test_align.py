@@ -181,3 +181,13 @@ def test_the_screen_counts_the_colour_family(monkeypatch):
     after = searcher(queries)[2]
     assert searcher.refined_images == 3
     assert (after.family_score[:, after.families.index("geometric")] < fam["geometric"]).all()
+
+
+def test_the_summary_counts_grid_variants_and_says_how_many_were_refined():
+    from ganaudit.report.summary import _search_words
+
+    mem = {"copy_embedder": {"name": "pixels-copy", "tta": ["flip", "refine"], "refined_fraction": 0.381},
+           "calibration": {"augmentations": ["identity", "hflip", "refined"]}}
+    assert _search_words(mem).endswith("(2 variants per image; 38% of samples refined)")
+    mem = {"copy_embedder": {"name": "pixels-copy", "tta": ["flip"]}, "calibration": {"augmentations": ["identity", "hflip"]}}
+    assert _search_words(mem).endswith("(2 variants per image)")

@@ -39,8 +39,11 @@ def data_lines(mem: dict) -> list[str]:
 def _search_words(mem: dict) -> str:
     copy = mem.get("copy_embedder") or {}
     tta = copy.get("tta") or ["none"]
-    n = len(mem["calibration"].get("augmentations") or [])
-    return f"  search    {copy.get('name', '?')}, augmentations {','.join(tta)} ({n} variants per image)"
+    names = mem["calibration"].get("augmentations") or []
+    grid = len(names) - int("refined" in names)  # "refined" is not a variant every image is searched under
+    refined = copy.get("refined_fraction")
+    also = f"; {refined:.0%} of samples refined" if "refined" in names and refined is not None else ""
+    return f"  search    {copy.get('name', '?')}, augmentations {','.join(tta)} ({grid} variants per image{also})"
 
 
 def _unassigned_words(modes: dict, n_samples: int) -> str:
