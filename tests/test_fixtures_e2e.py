@@ -152,6 +152,11 @@ def test_fresh_images_of_the_training_distribution_are_flagged_at_rate_alpha(tmp
     n, n_ref = mem["n_samples"], mem["calibration"]["n_reference"]
     # At alpha 0.05 the default leaks gate (flagged fraction <= 0.05) sits at the expected rate
     # itself, so the verdict is a coin toss here: the rate is what this test checks.
-    assert code in (0, 1) and n == 1440 and n_ref == 480
+    assert code in (0, 1) and n == 1440
+    # reference hygiene may set aside a holdout image or two that near-duplicate a training
+    # image (one green square is a brighter twin of another: the copy descriptor ignores level)
+    hygiene = mem["hygiene"]["reference"]
+    excluded = hygiene["n_near_duplicates"] + hygiene["n_low_information"]
+    assert excluded <= 2 and n_ref == 480 - excluded
     # The threshold's noise and the flags' noise: two binomial variances; 4 standard deviations.
     assert abs(mem["flagged_fraction"] - alpha) < 4 * math.sqrt(alpha * (1 - alpha) * (1 / n + 1 / n_ref))
