@@ -251,7 +251,7 @@ def refine(embedder, images: torch.Tensor, start: np.ndarray, targets: np.ndarra
             t = torch.as_tensor(np.asarray(targets[lo : lo + MAX_BATCH]), dtype=torch.float32, device=device)
             blocks = [torch.as_tensor(c[:, lo : lo + MAX_BATCH], dtype=torch.float32, device=device) for c in candidates]
             agree = _Agreement(embedder, hsv, t)
-            hue = agree.best_hue(blocks[0][0], grid_hues)
+            hue, _ = agree.best_hue(blocks[0][0], grid_hues)
             recoloured = hsv_to_rgb(*hsv, hue)
             with torch.no_grad():
                 starts = torch.stack([agree.best_geometry(block, recoloured) for block in blocks])  # (M, B, 4)
@@ -268,12 +268,10 @@ def refine(embedder, images: torch.Tensor, start: np.ndarray, targets: np.ndarra
             trial = torch.empty_like(starts)
             trial[start_of, image_of] = geometry
             geometry = trial[table.argmax(0), torch.arange(b, device=device)]
-            hue = agree.best_hue(geometry, grid_hues)
+            hue, _ = agree.best_hue(geometry, grid_hues)
             geometry, _ = _ascend(agree.of(hsv_to_rgb(*hsv, hue)), geometry, steps)
-            hue = agree.best_hue(geometry, hue[None] + torch.tensor((0.0, *HUE_POLISH), device=device)[:, None])
+            hue, cos = agree.best_hue(geometry, hue[None] + torch.tensor((0.0, *HUE_POLISH), device=device)[:, None])
             params = torch.cat([geometry, hue[:, None]], dim=1)
-            with torch.no_grad():
-                cos = agree.of(hsv_to_rgb(*hsv, hue))(geometry)
             params_out.append(params.detach().double().cpu().numpy())
             cos_out.append(cos.detach().double().cpu().numpy())
     if not params_out:
@@ -298,13 +296,14 @@ class _Agreement:
 
         return agreement
 
-    def best_hue(self, geometry: torch.Tensor, hues: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` per image the hue shift among ``hues`` (``(H,)``, or ``(H, B)`` per image)
-        that agrees best at ``geometry``."""
+    def best_hue(self, geometry: torch.Tensor, hues: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``((B,), (B,))``: per image the hue shift among ``hues`` (``(H,)``, or ``(H, B)`` per
+        image) that agrees best at ``geometry``, and that agreement."""
         hues = hues if hues.ndim == 2 else hues[:, None].expand(-1, len(geometry))
         with torch.no_grad():
             scores = torch.stack([self.of(hsv_to_rgb(*self.hsv, h))(geometry) for h in hues])
-        return hues[scores.argmax(0), torch.arange(len(geometry), device=geometry.device)]
+        best, columns = scores.max(0)[1], torch.arange(len(geometry), device=geometry.device)
+        return hues[best, columns], scores[best, columns]
 
     def best_geometry(self, options: torch.Tensor, recoloured: torch.Tensor) -> torch.Tensor:
         """``(B, 4)`` per image the geometry among ``options`` ``(K, B, 4)`` that agrees best

@@ -156,9 +156,10 @@ class CopySearcher:
 
     def refine(self, matches: Matches, images_of, exclude: np.ndarray | None = None) -> Matches:
         """``matches`` with each image's best shift or geometric variant aligned finely to its
-        training match and searched again (``ganaudit.search.align``), where that variant's
-        score is below ``align.REFINE_BELOW``; the result counts in the geometric family (the
-        shift family when no geometric variant ran) and is named ``"refined"``.
+        training match and searched again (``ganaudit.search.align``), where the image's best
+        shift, geometric or hue score is below ``align.REFINE_BELOW``; the result counts in
+        the geometric family (the shift family when no geometric variant ran) and is named
+        ``"refined"``.
 
         Args:
             matches: one batch's matches from :meth:`search_embedded`.
