@@ -47,6 +47,11 @@ HUE_POLISH = (-0.015, -0.01, -0.005, 0.005, 0.01, 0.015)  # last, the hue this c
 # same part as the full image's (a 512 px image at 64 px would be framed 1% of the side
 # differently: a cosine of 0.998 to its full-size features)
 REFINE_SIDE = 2
+# the test-time grid's variants (``copy_search.embed_variants``) are made at about this
+# multiple when larger, resized bicubic: at twice the input side, a two-step resize of a
+# texture lost up to 0.011 of cosine to its full-size features (photo tiles of 256 px), at
+# four times at most 0.0006 (tests/test_copy_search.py, docs/scale.md)
+VARIANT_SIDE = 4
 MAX_BATCH = 64  # images refined together (memory: a few copies of each start of each, at that size)
 REFINE_STARTS = 4  # starts tried per image, one per block of start_candidates ...
 TRIAL_STEPS = 4  # ... each for this many gradient steps; REFINE_STEPS more from the best
@@ -170,22 +175,23 @@ def start_candidates(start: np.ndarray) -> list[np.ndarray]:
     return blocks
 
 
-def reduced(embedder, images: torch.Tensor) -> torch.Tensor:
-    """``images`` on the embedder's device, resized (antialiased) to about ``REFINE_SIDE``
-    times its input side when larger (:func:`refine_size`)."""
+def reduced(embedder, images: torch.Tensor, multiple: int = REFINE_SIDE, mode: str = "bilinear") -> torch.Tensor:
+    """``images`` on the embedder's device, resized (antialiased, ``mode``) to about
+    ``multiple`` times its input side when larger (:func:`refine_size`)."""
     x = images.to(embedder.device, torch.float32)
-    size = refine_size(tuple(x.shape[-2:]), embedder.spec)
+    size = refine_size(tuple(x.shape[-2:]), embedder.spec, multiple)
     if size != tuple(x.shape[-2:]):
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp_(0.0, 1.0)
+        x = F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False).clamp_(0.0, 1.0)
     return x
 
 
-def refine_size(shape: tuple[int, int], spec) -> tuple[int, int]:
-    """The ``(h, w)`` images of ``shape`` are refined at: unchanged up to ``REFINE_SIDE``
-    times the input side; past it, per axis, the side between half and all of that limit
-    whose centre crop (``spec.centre_crop``, whole pixels as ``base.centre_crop`` takes it)
-    is the nearest fraction of the side to the full image's (the largest such side)."""
-    limit = REFINE_SIDE * max(spec.input_size)
+def refine_size(shape: tuple[int, int], spec, multiple: int = REFINE_SIDE) -> tuple[int, int]:
+    """The ``(h, w)`` images of ``shape`` are refined at (or, with ``multiple=VARIANT_SIDE``,
+    their grid variants made at): unchanged up to ``multiple`` times the input side; past it,
+    per axis, the side between half and all of that limit whose centre crop
+    (``spec.centre_crop``, whole pixels as ``base.centre_crop`` takes it) is the nearest
+    fraction of the side to the full image's (the largest such side)."""
+    limit = multiple * max(spec.input_size)
     if max(shape) <= limit:
         return tuple(shape)
 

@@ -184,7 +184,7 @@ class CopySearcher:
         if len(rows) == 0:
             return matches
         images = images_of(rows)
-        h, w = images.shape[-2:]
+        h, w = align.refine_size(tuple(images.shape[-2:]), self.copy_embedder.spec, align.VARIANT_SIDE)  # variants' size
         start = np.array([align.variant_params(matches.names[v], h, w) for v in matches.align_start[rows]])
         order = np.argsort(matches.align_train[rows], kind="stable")  # a memory map reads rows in order
         targets = np.empty((len(rows), self.train_features.shape[1]), np.float32)
@@ -233,15 +233,24 @@ def embed_variants(images: torch.Tensor, augmentations: tuple[str, ...], copy_em
                    ) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     """The embedding half of a copy search: every test-time variant of a batch, embedded.
 
+    The variants other than the identity are made at about ``align.VARIANT_SIDE`` times the
+    copy embedder's input side when the images are larger (``align.reduced``): the
+    descriptor sees no more, and a variant of a 1024 px image made at full size has 70 times
+    the pixels of one made at 120 px. The identity is embedded at full size, as the training
+    images are, so an exact copy still matches its source exactly.
+
     Returns:
         ``(names, variant features, features)``: the variant names (the identity first), one
         ``(B, D')`` float32 array of copy features per variant, and the ``(B, D)`` features
         under the audit's ``embedder`` (the identity variant's when it is the copy embedder).
     """
+    from ganaudit.search.align import VARIANT_SIDE, reduced
+
+    work = reduced(copy_embedder, images, VARIANT_SIDE, "bicubic")
     names, feats = [], []
-    for name, view in variants(images, augmentations):
+    for name, view in variants(work, augmentations):
         names.append(name)
-        feats.append(copy_embedder.embed(view))
+        feats.append(copy_embedder.embed(images if name == "identity" else view))
     if embedder is None or embedder is copy_embedder:
         out = feats[0]
     else:  # features=False: the caller needs no features under the audit's embedder
