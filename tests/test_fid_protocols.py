@@ -3,8 +3,10 @@
 Fast: the resampling kernels against PIL and torch-fidelity's function, and the exact network
 input against what each peer's own preprocessing code feeds its network (caught at the
 network's first layer), at 32, 64, 299 px and at sizes that resize each axis differently.
-Slow (``-m slow``): the FD of two folders at 32, 64 and 299 px equals the peer's FD to a
-relative 1e-4, with the same randomly initialised Inception weights in each tool's file format.
+Slow (``-m slow``): the FD of two folders equals the peer's FD to a relative 1e-4, with the
+same randomly initialised Inception weights in each tool's file format: each peer at one image
+size, 32, 64 and 299 px each taken by at least one peer (what reaches each network at every
+size is already checked exactly by the fast tests above; an FD run costs 25-50 s a peer).
 """
 from __future__ import annotations
 
@@ -231,10 +233,12 @@ def test_fid_embedder_has_its_own_cache_identity(weights, monkeypatch):
 # ---------------------------------------------------------------- FD against the peers (slow)
 
 
-@pytest.fixture(scope="module", params=[32, 64, 299])
-def fd_folders(request, tmp_path_factory) -> tuple[Path, Path]:
-    side = request.param
-    root = tmp_path_factory.mktemp(f"fd_{side}")
+# One size per peer: upsampled from 32 (pytorch-fid, and torch-fidelity, which also checks the
+# Inception Score), from 64 (clean-fid's PIL bicubic), and 299, where no peer resizes.
+FD_SIZES = {"pytorch-fid": 32, "clean-fid": 64, "clean-fid-legacy": 299, "torch-fidelity": 32}
+
+
+def _fd_folders(side: int, root: Path) -> tuple[Path, Path]:
     real = write_fid_folder(root / "real", 36, (side, side), seed=side)
     fake = write_fid_folder(root / "fake", 28, (side, side), seed=side + 1, tint=0.25)
     return real, fake
@@ -269,10 +273,14 @@ def _peer_fd(protocol: str, real: Path, fake: Path, weights: dict, tmp_path: Pat
                 "isc_std": out["inception_score_std"]}
 
 
+def test_every_protocol_and_size_has_an_fd_comparison():
+    assert set(FD_SIZES) == set(PROTOCOLS) and set(FD_SIZES.values()) == {32, 64, 299}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_fd_equals_the_peers(protocol, fd_folders, weights, tmp_path):
-    real, fake = fd_folders
+def test_fd_equals_the_peers(protocol, weights, tmp_path):
+    real, fake = _fd_folders(FD_SIZES[protocol], tmp_path / "folders")
     real_feats = ganaudit_features(real, protocol, weights["pytorch-fid"])
     fake_feats = ganaudit_features(fake, protocol, weights["pytorch-fid"])
     ours = frechet_distance(real_feats, fake_feats)
