@@ -50,7 +50,8 @@ REFINE_SIDE = 2
 # the test-time grid's variants (``copy_search.embed_variants``) are made at about this
 # multiple when larger, resized bicubic: at twice the input side, a two-step resize of a
 # texture lost up to 0.011 of cosine to its full-size features (photo tiles of 256 px), at
-# four times at most 0.0006 (tests/test_copy_search.py, docs/scale.md)
+# four times (128 and 120 px for 256 and 512 px tiles) at most 0.0001
+# (tests/test_copy_search.py, docs/benchmarks.md "Variants at a bounded size")
 VARIANT_SIDE = 4
 MAX_BATCH = 64  # images refined together (memory: a few copies of each start of each, at that size)
 REFINE_STARTS = 4  # starts tried per image, one per block of start_candidates ...
