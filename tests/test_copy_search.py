@@ -241,7 +241,7 @@ def test_pixels_copy_basis_does_not_depend_on_the_lapack_build():
     torch.testing.assert_close(flipped, from_torch, atol=0, rtol=0)
 
 
-def test_variants_of_large_images_are_made_at_the_refine_size():
+def test_variants_of_large_images_are_made_at_a_bounded_size():
     """A 256 px image's variants are made at about four times the descriptor's input side,
     its identity at full size as the training images are; each variant's descriptor agrees
     with the same variant made at full size."""

@@ -235,8 +235,8 @@ def embed_variants(images: torch.Tensor, augmentations: tuple[str, ...], copy_em
 
     The variants other than the identity are made at about ``align.VARIANT_SIDE`` times the
     copy embedder's input side when the images are larger (``align.reduced``): the
-    descriptor sees no more, and a variant of a 1024 px image made at full size has 70 times
-    the pixels of one made at 120 px. The identity is embedded at full size, as the training
+    descriptor sees no more, and a variant of a 1024 px image made at full size has about 73
+    times the pixels of one made at 120 px. The identity is embedded at full size, as the training
     images are, so an exact copy still matches its source exactly.
 
     Returns:
